@@ -1,0 +1,29 @@
+#include "noise.h"
+
+#include <cmath>
+
+#include "philox.h"
+
+namespace diffsmooth {
+namespace core {
+
+void gaussian_noise_f32(float* out, int64_t numel, uint64_t seed, uint64_t offset, uint64_t stream) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < numel; ++i) {
+    out[i] = philox_normal(seed, offset + static_cast<uint64_t>(i), stream);
+  }
+}
+
+void philox_words(uint32_t* out, int64_t numel, uint64_t seed, uint64_t offset, uint64_t stream) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < numel; ++i) {
+    const uint64_t c = offset + static_cast<uint64_t>(i);
+    const Philox4 r = philox4x32_10(static_cast<uint32_t>(c), static_cast<uint32_t>(c >> 32),
+                                    static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
+                                    static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    for (int w = 0; w < 4; ++w) out[4 * i + w] = r.v[w];
+  }
+}
+
+}  // namespace core
+}  // namespace diffsmooth

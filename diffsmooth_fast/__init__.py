@@ -1,0 +1,9 @@
+"""diffsmooth_fast: fast, faithful certification of image classifiers by randomized smoothing (DiffSmooth)."""
+
+from . import stats
+from .certify import Smooth
+from .ops import gaussian_noise
+
+__version__ = "0.1.0"
+
+__all__ = ["Smooth", "__version__", "gaussian_noise", "stats"]

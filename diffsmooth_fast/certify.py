@@ -1,0 +1,181 @@
+"""Randomized smoothing of any base classifier: Cohen et al.'s PREDICT and CERTIFY, sampling by position.
+
+The smoothed classifier is g(x) = argmax_c P(f(x + sigma * delta) = c), delta ~ N(0, I). Its noise is drawn
+by position from the project's Philox generator: sample j of phase p (selection, estimation, prediction) of
+image idx always gets the same noise, whatever the batch size, and the phases use disjoint counter streams,
+so the n0 selection samples and the n estimation samples are independent as the certificate requires.
+Counts stay on the device and each call synchronises with the host once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from . import stats
+from .ops import gaussian_noise, resolve_backend
+
+PHASE_SELECTION = 0
+PHASE_ESTIMATION = 1
+PHASE_PREDICTION = 2
+
+_X_NOT_FINITE = 1
+_LOGITS_NOT_FINITE = 2
+
+
+def noise_stream(idx: int, phase: int) -> int:
+    """Stream id of one sampling phase of image ``idx``: idx in Philox counter word c2, phase in c3."""
+    return (phase << 32) | idx
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_alpha(alpha: object) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+class Smooth:
+    """A smoothed classifier around ``base_classifier`` with isotropic Gaussian noise of std ``sigma``.
+
+    Args:
+        base_classifier: maps a batch [B, C, H, W] in pixel space to logits [B, num_classes]. Put it in eval
+            mode first; it is called under ``torch.no_grad``.
+        num_classes: number of classes K >= 2.
+        sigma: noise level (> 0, finite), in the units of x (pixels in [0, 1]).
+        seed: Philox key in [0, 2**64); with the image index and phase it fixes every noise sample.
+        backend: noise backend (``auto``, ``cuda``, ``triton``, ``cpp``, ``torch``), resolved once per device.
+    """
+
+    ABSTAIN = stats.ABSTAIN
+
+    def __init__(
+        self,
+        base_classifier: Callable[[torch.Tensor], torch.Tensor],
+        num_classes: int,
+        sigma: float,
+        *,
+        seed: int = 0,
+        backend: str | None = "auto",
+    ) -> None:
+        if not callable(base_classifier):
+            raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
+        _check_int("num_classes", num_classes, 2)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        self.base_classifier = base_classifier
+        self.num_classes = num_classes
+        self.sigma = float(sigma)
+        self.seed = seed
+        self.backend = backend
+
+    def certify(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, *, idx: int = 0
+    ) -> tuple[int, float]:
+        """Cohen's CERTIFY: with probability >= 1 - alpha over the noise, g is constant within the radius.
+
+        Args:
+            x: one input [C, H, W].
+            n0: selection samples (to guess the top class); n: estimation samples (to bound its probability).
+            alpha: failure probability of the certificate, in (0, 1).
+            batch_size: samples per base-classifier call.
+            idx: the image's index in its dataset; it selects the image's noise streams.
+
+        Returns:
+            ``(prediction, radius)``; ``(Smooth.ABSTAIN, 0.0)`` when p_A's lower bound is below 1/2.
+        """
+        _check_int("n0", n0, 1)
+        _check_int("n", n, 1)
+        alpha = _check_alpha(alpha)
+        _check_int("batch_size", batch_size, 1)
+        status = self._check_x(x, idx)
+        counts0 = self.sample_counts(x, n0, batch_size, idx=idx, phase=PHASE_SELECTION, status=status)
+        counts = self.sample_counts(x, n, batch_size, idx=idx, phase=PHASE_ESTIMATION, status=status)
+        c_a = counts0.argmax()  # first maximum on ties, like numpy
+        c_a, n_a, flags = torch.stack([c_a, counts[c_a], status]).tolist()  # the one host sync
+        self._raise_on(flags)
+        return stats.certify_decision(c_a, n_a, n, alpha, self.sigma)
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *, idx: int = 0) -> int:
+        """Cohen's PREDICT: the top class of n samples, or ABSTAIN unless a binomial test at level alpha
+        separates it from the runner-up. The probability of returning a class other than g(x) is <= alpha."""
+        _check_int("n", n, 1)
+        alpha = _check_alpha(alpha)
+        _check_int("batch_size", batch_size, 1)
+        status = self._check_x(x, idx)
+        counts = self.sample_counts(x, n, batch_size, idx=idx, phase=PHASE_PREDICTION, status=status)
+        *counts_host, flags = torch.cat([counts, status.reshape(1)]).tolist()  # the one host sync
+        self._raise_on(flags)
+        return stats.predict_decision(counts_host, alpha)
+
+    def sample_counts(
+        self,
+        x: torch.Tensor,
+        num: int,
+        batch_size: int,
+        *,
+        idx: int = 0,
+        phase: int = PHASE_ESTIMATION,
+        status: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Class counts [num_classes] (int64, on x's device) of the base classifier on ``num`` noisy copies.
+
+        Sample j uses noise positions [j*numel, (j+1)*numel) of stream ``noise_stream(idx, phase)``, so the
+        counts do not depend on ``batch_size``. Non-finite logits set a bit in ``status`` (checked by the
+        caller at its single sync) instead of synchronising here.
+        """
+        backend = resolve_backend(self.backend, x.device.type)
+        stream = noise_stream(idx, phase)
+        numel = x.numel()
+        counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
+        with torch.no_grad():
+            for start in range(0, num, batch_size):
+                b = min(batch_size, num - start)
+                noise = gaussian_noise(
+                    (b, *x.shape), self.seed, start * numel, stream=stream, backend=backend, device=x.device
+                )
+                logits = self.base_classifier(x.unsqueeze(0) + self.sigma * noise.to(x.dtype))
+                self._check_logits(logits, b)
+                if status is not None:
+                    status |= (~torch.isfinite(logits).all()).to(torch.int64) * _LOGITS_NOT_FINITE
+                counts.scatter_add_(0, logits.argmax(dim=1), torch.ones(b, dtype=torch.int64, device=x.device))
+        return counts
+
+    def _check_x(self, x: torch.Tensor, idx: int) -> torch.Tensor:
+        """Validate x's type and shape now; its values on the device at the caller's sync (status bit)."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor [C, H, W], got {type(x).__name__}")
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape [C, H, W], got {list(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < 2**32:
+            raise ValueError(f"idx must be an integer in [0, 2**32), got {idx!r}")
+        if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values")  # cheap on CPU: fail before sampling
+        return (~torch.isfinite(x).all()).to(torch.int64) * _X_NOT_FINITE
+
+    def _check_logits(self, logits: object, b: int) -> None:
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"base classifier must return a tensor of logits, got {type(logits).__name__}")
+        if tuple(logits.shape) != (b, self.num_classes):
+            raise ValueError(
+                f"base classifier returned shape {list(logits.shape)} for a batch of {b}; "
+                f"expected [{b}, {self.num_classes}] (batch, num_classes)"
+            )
+
+    @staticmethod
+    def _raise_on(flags: int) -> None:
+        if flags & _X_NOT_FINITE:
+            raise ValueError("x contains NaN or infinite values")
+        if flags & _LOGITS_NOT_FINITE:
+            raise ValueError("base classifier returned NaN or infinite logits")
