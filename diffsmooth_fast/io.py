@@ -43,9 +43,12 @@ def parse_time(text: str) -> float:
         days = int(match["days"] or 0)
         return days * 86400 + int(match["h"]) * 3600 + int(match["m"]) * 60 + float(match["s"])
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         raise ValueError(f"time {text!r} is neither a timedelta nor seconds") from None
+    if not 0.0 <= seconds < float("inf"):
+        raise ValueError(f"time {text!r} must be a finite, non-negative number of seconds")
+    return seconds
 
 
 def write_certify_header(stream: TextIO) -> None:
@@ -71,6 +74,10 @@ def read_certify(path: str | os.PathLike[str]) -> list[CertifyRow]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such certify file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, expected a certify TSV file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
     if not lines or tuple(lines[0].split("\t")) != CERTIFY_HEADER:
         raise ValueError(f"{path}: not a certify file (expected the header {' '.join(CERTIFY_HEADER)})")
     rows = []
