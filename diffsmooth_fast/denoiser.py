@@ -1,0 +1,241 @@
+"""One-shot denoising with a pretrained OpenAI diffusion model (DiffSmooth's Algorithms 1 and 2).
+
+A noisy image x + sigma*delta in pixel units is read as the diffusion's x_t at the step t* whose noise level
+matches sigma, and the model's noise prediction gives x0 in one step, with no sampling noise at all (the
+reference's ``p_sample`` draws a ``randn_like`` that it then discards).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .models.loading import load_checkpoint
+from .models.openai_flags import OpenAIFlags, layout_mismatch, openai_flags, preset
+from .models.unet import UNet
+from .schedule import DiffusionSchedule
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+Checkpoint = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The scalars of one step t, as float64 values (a kernel rounds them to float32, as OpenAI's code does)."""
+
+    t: int  # index into the (respaced) schedule
+    model_t: float  # what the network receives: the original step, times 1000/steps if rescale_timesteps
+    sqrt_alpha_bar: float  # sqrt(abar_t)
+    sqrt_recip_alpha_bar: float  # sqrt(1 / abar_t)
+    sqrt_recipm1_alpha_bar: float  # sqrt(1 / abar_t - 1)
+
+
+def step_coefficients(schedule: DiffusionSchedule, t: int) -> StepCoefficients:
+    """The coefficients of step t of ``schedule`` (0 <= t < len(schedule))."""
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(schedule):
+        raise ValueError(f"timestep must be an integer in [0, {len(schedule)}), got {t!r}")
+    abar = float(schedule.alphas_cumprod[t])
+    return StepCoefficients(
+        t, schedule.model_timestep(t), math.sqrt(abar), math.sqrt(1.0 / abar), math.sqrt(1.0 / abar - 1)
+    )
+
+
+def noisy_to_model_input(x_noisy: torch.Tensor, sqrt_alpha_bar: float) -> torch.Tensor:
+    """x_t = sqrt(abar) * (2 x_noisy - 1): pixels ([0, 1] plus noise, not clamped) to the diffusion's x_t."""
+    return sqrt_alpha_bar * (2 * x_noisy - 1)
+
+
+def eps_to_denoised(x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
+    """x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps, clamped to [-1, 1], back to pixels [0, 1]."""
+    x0 = c.sqrt_recip_alpha_bar * x_t - c.sqrt_recipm1_alpha_bar * eps
+    return x0_to_pixels(x0)
+
+
+def x0_to_pixels(x0: torch.Tensor) -> torch.Tensor:
+    """Clamp a predicted x0 to [-1, 1] and map it to pixels in [0, 1]."""
+    return (x0.clamp(-1, 1) + 1) / 2
+
+
+class Denoiser(nn.Module):
+    """A pretrained OpenAI diffusion UNet used as a one-shot denoiser.
+
+    ``den(x_noisy, sigma)`` maps x_noisy [B, C, H, W] (images in [0, 1] plus N(0, sigma^2) noise) to denoised
+    images [B, C, H, W] in [0, 1]. Build one with :meth:`from_openai` or :meth:`from_preset`.
+
+    Args:
+        unet: the network, its weights loaded.
+        flags: the OpenAI flags it was built with.
+    """
+
+    def __init__(self, unet: UNet, flags: OpenAIFlags) -> None:
+        super().__init__()
+        self.unet = unet
+        self.flags = flags
+        self.schedule = flags.schedule()
+        device = next(unet.parameters()).device
+        # OpenAI's _WrappedModel maps a (respaced) step to its original step before the network sees it.
+        self.register_buffer("timestep_map", torch.tensor(self.schedule.timestep_map, device=device), persistent=False)
+        abar = torch.tensor(self.schedule.alphas_cumprod, dtype=torch.float64)
+        # float64 -> float32 after the square roots, as OpenAI's _extract_into_tensor does.
+        self.register_buffer("sqrt_recip_alpha_bar", (1.0 / abar).sqrt().float().to(device), persistent=False)
+        self.register_buffer("sqrt_recipm1_alpha_bar", (1.0 / abar - 1).sqrt().float().to(device), persistent=False)
+
+    @classmethod
+    def from_openai(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        defaults: str = "guided",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        trust_checkpoint: bool = False,
+        **flags: object,
+    ) -> Denoiser:
+        """Load an OpenAI improved-/guided-diffusion model or EMA file as it is.
+
+        Args:
+            checkpoint: path of the ``.pt`` file (``torch.save`` of the state dict), or the state dict itself.
+            defaults: ``"guided"`` (guided-diffusion's ``model_and_diffusion_defaults()``) or ``"improved"``
+                (improved-diffusion's) for the flags not given; see :mod:`diffsmooth_fast.models.openai_flags`.
+            dtype: weights and activations: float32, float16 or bfloat16 (GroupNorm and softmax run in float32).
+            device: where the model lives.
+            trust_checkpoint: allow a file that needs arbitrary code to unpickle.
+            **flags: OpenAI's flags by OpenAI's names (``image_size=32, num_channels=128, ...``).
+
+        Tensors are copied (and converted) one at a time from the memory-mapped file into a meta-initialised
+        model, so memory holds one copy of the weights; the model never aliases the file, which a training run
+        may rewrite, nor a state dict passed in. ``num_heads``,
+        ``num_head_channels``, ``use_new_attention_order`` and the diffusion flags change no tensor shape, so a
+        wrong value there cannot be detected from the file: it loads and gives wrong outputs.
+
+        Raises:
+            ValueError: an unknown flag (with close matches), an optimizer file, or a checkpoint that does not fit
+                the flags (naming the flag that is probably wrong, and the mismatching keys and shapes).
+        """
+        return cls.from_flags(openai_flags(defaults, **flags), checkpoint, dtype=dtype, device=device,
+                              trust_checkpoint=trust_checkpoint)
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str,
+        checkpoint: Checkpoint,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        trust_checkpoint: bool = False,
+    ) -> Denoiser:
+        """Load a named checkpoint: ``"cifar10"`` (improved-diffusion's ``cifar10_uncond_50M_500K.pt``) or
+        ``"imagenet"`` (guided-diffusion's ``256x256_diffusion_uncond.pt``)."""
+        return cls.from_flags(preset(name), checkpoint, dtype=dtype, device=device, trust_checkpoint=trust_checkpoint)
+
+    @classmethod
+    def from_flags(
+        cls,
+        flags: OpenAIFlags,
+        checkpoint: Checkpoint,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        trust_checkpoint: bool = False,
+    ) -> Denoiser:
+        """Load ``checkpoint`` into the model that ``flags`` describe (see :meth:`from_openai`)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        device = torch.device(device)
+        what = "diffusion checkpoint"
+        if isinstance(checkpoint, (str, os.PathLike)):
+            what = f"diffusion checkpoint {os.fspath(checkpoint)}"
+            checkpoint = load_checkpoint(checkpoint, what="diffusion checkpoint", trust_checkpoint=trust_checkpoint)
+        state = _state_dict(checkpoint, what)
+        with torch.device("meta"):  # no memory: shapes only, filled from the checkpoint below
+            unet = UNet(flags.unet_config())
+        expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+        problem = layout_mismatch({k: tuple(v.shape) for k, v in state.items()}, expected, flags)
+        if problem:
+            raise ValueError(f"{what} does not fit the flags: {problem}")
+        # One tensor at a time from the memory-mapped file: never two full copies in memory. Always a copy: a file
+        # rewritten in place while mapped (torch.save to the same path during training) would crash the process.
+        for name, _ in list(unet.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            value = state[name].to(device=device, dtype=dtype, copy=True)
+            setattr(unet.get_submodule(owner), leaf, nn.Parameter(value, requires_grad=False))
+        return cls(unet.eval(), flags)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the network's weights and activations."""
+        return self.unet.time_embed[0].weight.dtype
+
+    def timestep(self, sigma: float) -> int:
+        """t* for noise std ``sigma`` (pixel units, > 0): Algorithm 1 on the model's own schedule."""
+        return self.schedule.timestep(sigma)
+
+    def coefficients(self, sigma: float) -> StepCoefficients:
+        """The step t* for ``sigma`` and its scalars, for kernels that fuse the scaling around the network."""
+        return step_coefficients(self.schedule, self.timestep(sigma))
+
+    def model_output(self, x_t: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's first C output channels (eps, or x0 when predict_xstart) at steps t, in x_t's dtype.
+
+        Args:
+            x_t: [B, C, H, W] diffusion inputs (roughly in [-1, 1] scaled by sqrt(abar)).
+            t: step index into the schedule, an int or a [B] integer tensor.
+            y: [B] class labels, only for class-conditional models.
+        """
+        t = self._steps(t, x_t)
+        ts = self.timestep_map[t]
+        if self.schedule.rescale_timesteps:
+            ts = ts.float() * (1000.0 / self.schedule.num_steps)  # in float32, as OpenAI's _WrappedModel
+        if (y is None) != (not self.flags.class_cond):
+            raise ValueError("pass class labels y [B] iff the model is class-conditional (class_cond=True)")
+        return self.unet(x_t, ts, y)[:, : x_t.shape[1]]
+
+    def eps(self, x_t: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise eps [B, C, H, W] at steps t (derived from x0 when the model predicts x0)."""
+        out = self.model_output(x_t, t, y)
+        if not self.flags.predict_xstart:
+            return out
+        t = self._steps(t, x_t)
+        recip, recipm1 = (b[t].reshape(-1, 1, 1, 1) for b in (self.sqrt_recip_alpha_bar, self.sqrt_recipm1_alpha_bar))
+        return (recip * x_t - out) / recipm1
+
+    def forward(self, x_noisy: torch.Tensor, sigma: float, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Algorithm 2: denoise x_noisy [B, C, H, W] (pixels plus N(0, sigma^2) noise) -> [B, C, H, W] in [0, 1]."""
+        if x_noisy.dim() != 4:
+            raise ValueError(f"x_noisy must be a batch [B, C, H, W], got shape {list(x_noisy.shape)}")
+        c = self.coefficients(sigma)
+        x_t = noisy_to_model_input(x_noisy, c.sqrt_alpha_bar)
+        out = self.model_output(x_t, c.t, y)
+        if self.flags.predict_xstart:
+            return x0_to_pixels(out)
+        return eps_to_denoised(x_t, out, c)
+
+    def _steps(self, t: int | torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            t = int(t)
+            if not 0 <= t < len(self.schedule):
+                raise ValueError(f"timestep must be in [0, {len(self.schedule)}), got {t}")
+            return torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.shape != (x_t.shape[0],):
+            raise ValueError(f"t must be an int or an integer tensor [B] with B = {x_t.shape[0]}")
+        return t.to(device=x_t.device, dtype=torch.long)
+
+
+def _state_dict(obj: object, what: str) -> Mapping[str, torch.Tensor]:
+    """The checkpoint as a state dict of tensors, or a ValueError saying what the file is instead."""
+    if isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj:
+        raise ValueError(
+            f"{what} is an optimizer state (OpenAI's opt*.pt), not model weights: load the model*.pt or "
+            f"ema_*.pt file saved at the same step"
+        )
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        keys = ", ".join(map(str, list(obj)[:4])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(f"{what} is not a state dict of tensors (OpenAI's model or EMA file); found {keys}")
+    return obj
