@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +31,24 @@ def noise_stream(idx: int, phase: int) -> int:
     return (phase << 32) | idx
 
 
+@dataclass(frozen=True)
+class SamplePositions:
+    """Where a batch of noisy copies sits, for base classifiers that draw noise of their own by position.
+
+    Row i of the batch is sample ``first + i`` of phase ``phase`` of image ``idx``, drawn under Philox key
+    ``seed``. A base classifier whose class sets ``accepts_positions = True`` is called as
+    ``base_classifier(batch, positions=SamplePositions(...))``, so its own noise (DiffSmooth's fresh local
+    noise, a multi-step reverse process) can be indexed by sample, not by batch, and stays independent of the
+    batch size. Plain Python ints: building one costs no device work and no host sync.
+    """
+
+    seed: int
+    idx: int
+    phase: int
+    first: int
+    count: int
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -47,7 +66,8 @@ class Smooth:
 
     Args:
         base_classifier: maps a batch [B, C, H, W] in pixel space to logits [B, num_classes]. Put it in eval
-            mode first; it is called under ``torch.no_grad``.
+            mode first; it is called under ``torch.no_grad``. If its class sets ``accepts_positions = True`` it
+            also receives ``positions=`` (a :class:`SamplePositions`) to draw its own noise by sample.
         num_classes: number of classes K >= 2.
         sigma: noise level (> 0, finite), in the units of x (pixels in [0, 1]).
         seed: Philox key in [0, 2**64); with the image index and phase it fixes every noise sample.
@@ -135,6 +155,7 @@ class Smooth:
         """
         backend = resolve_backend(self.backend, x.device.type)
         stream = noise_stream(idx, phase)
+        wants_positions = bool(getattr(self.base_classifier, "accepts_positions", False))
         numel = x.numel()
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
         with torch.no_grad():
@@ -143,7 +164,11 @@ class Smooth:
                 noise = gaussian_noise(
                     (b, *x.shape), self.seed, start * numel, stream=stream, backend=backend, device=x.device
                 )
-                logits = self.base_classifier(x.unsqueeze(0) + self.sigma * noise.to(x.dtype))
+                batch = x.unsqueeze(0) + self.sigma * noise.to(x.dtype)
+                if wants_positions:
+                    logits = self.base_classifier(batch, positions=SamplePositions(self.seed, idx, phase, start, b))
+                else:
+                    logits = self.base_classifier(batch)
                 self._check_logits(logits, b)
                 if status is not None:
                     status |= (~torch.isfinite(logits).all()).to(torch.int64) * _LOGITS_NOT_FINITE

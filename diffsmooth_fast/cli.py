@@ -1,117 +1,177 @@
-"""The `diffsmooth-fast` command line.
+"""The `diffsmooth-fast` command line: certify, predict and analyze.
 
-Today: ``certify`` on the built-in toy problem (a linear classifier with known exact radii). Output is
-Cohen et al.'s certify TSV on stdout or --out; progress and a summary go to stderr. User errors print one
-line and exit with status 2, without a traceback.
+``certify`` and ``predict`` map their options onto the run's settings (``configs``, ``pipeline.MethodConfig``)
+and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model options, ``certify`` runs the
+built-in toy problem (a linear classifier with known exact radii). Output is Cohen et al.'s TSV on stdout or
+--out; progress and a summary go to stderr. User errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+from collections.abc import Sequence
+from dataclasses import fields
 
-import torch
+from . import analyze, runner
+from .configs import ALL_DATASETS, DTYPES, DataConfig, ModelConfig, OutputConfig, SamplingConfig
+from .models.openai_flags import PRESETS, OpenAIFlags
+from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
-from . import io, stats
-from .certify import Smooth
-from .demo import make_toy
+EXIT_USER_ERROR = 2
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffsmooth-fast", description=__doc__.splitlines()[0])
+class _UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become one-line user errors (exit 2) instead of a usage dump; no abbreviations, so a
+    misspelt OpenAI flag (``--num_channel``) is refused rather than taken for another."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _bool(text: str) -> bool:
+    """OpenAI's str2bool: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "t", "y", "1"):
+        return True
+    if value in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+
+
+def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", choices=ALL_DATASETS, help="images to use (default: the built-in toy problem "
+                      "when no model is given); demo is not available yet")
+    data.add_argument("--data", help="dataset path: CIFAR-10 folder or .tar.gz, ImageNet root, image folder, .npz")
+    data.add_argument("--split", choices=["test", "train"], default="test", help="dataset split")
+    data.add_argument("--skip", type=int, default=1, help="use every skip-th image (the paper: 20 CIFAR, 100 ImageNet)")
+    data.add_argument("--max", type=int, default=-1, help="stop after this many images (-1: all)")
+    model = p.add_argument_group("models")
+    model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser), dds, cohen "
+                       "(default without), local-only, multistep")
+    model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt file)")
+    model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="flags of a known checkpoint "
+                       "(default: the dataset's, for cifar10 and imagenet)")
+    model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default="guided",
+                       help="whose defaults fill the OpenAI flags not given")
+    model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint, TorchScript file or module:function")
+    model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"], default="auto",
+                       help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
+    model.add_argument("--dtype", choices=list(DTYPES), default="float32", help="models' precision")
+    model.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that run code to load")
+    smooth = p.add_argument_group("smoothing")
+    smooth.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std (pixels in [0, 1])")
+    smooth.add_argument("--local-sigma", type=float, help="local smoothing noise std sigma' (default: sigma)")
+    smooth.add_argument("--local-sigma-shift", type=float, default=0.0, help="added to --local-sigma (the paper: "
+                        "+0.03 CIFAR-10, +0.01 ImageNet at sigma 0.25, else +0.02)")
+    smooth.add_argument("--m", type=int, default=5, help="local noise copies per sample")
+    smooth.add_argument("--local-noise", choices=LOCAL_NOISE, default="fixed", help="fixed: m noises drawn once "
+                        "(Philox, --seed); fresh: new per sample; reference: the reference's "
+                        "torch.manual_seed(42) draw")
+    smooth.add_argument("--reverse-steps", type=int, default=10, help="multistep: reverse steps from t* to 0")
+    smooth.add_argument("--reverse-runs", type=int, default=5, help="multistep: reverse runs voted per sample")
+    if command == "certify":
+        smooth.add_argument("--n0", type=int, default=100, help="selection samples per image")
+    smooth.add_argument("--n", type=int, default=10_000,
+                        help="estimation samples per image" if command == "certify" else "samples per image")
+    smooth.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
+    smooth.add_argument("--batch", type=int, default=1000, help="noisy samples per base-classifier call (the "
+                        "classifier sees batch*m images)")
+    smooth.add_argument("--seed", type=int, default=0, help="noise seed; with the image index it fixes all noise")
+    run = p.add_argument_group("run")
+    run.add_argument("--backend", default="auto", help="noise backend: auto, cuda, triton, cpp, torch")
+    run.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
+    run.add_argument("--out", default="-", help="output TSV path (sidecar: OUT.json), or - for stdout")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    names = [f.name for f in fields(OpenAIFlags) if f.name != "defaults"]
+    openai = p.add_argument_group("OpenAI diffusion flags", "As OpenAI's scripts spell them (paste MODEL_FLAGS as they "
+                                  "are; - or _), overriding --denoiser-preset: " + ", ".join(f"--{n}" for n in names))
+    for f in fields(OpenAIFlags):
+        if f.name != "defaults":
+            kind = {"int": int, "float": float, "str": str, "bool": _bool}[f.type]
+            openai.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f"flag_{f.name}", type=kind,
+                                metavar=f.type.upper(), help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="diffsmooth-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cert = sub.add_parser("certify", help="certify images with a smoothed classifier (Cohen's TSV out)")
-    cert.add_argument("--dataset", choices=["toy"], default="toy", help="images and model to certify")
-    cert.add_argument("--sigma", type=float, default=0.25, help="Gaussian noise level (pixels in [0, 1])")
-    cert.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    cert.add_argument("--n", type=int, default=10_000, help="estimation samples per image")
-    cert.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
-    cert.add_argument("--batch", type=int, default=1000, help="samples per classifier call")
-    cert.add_argument("--seed", type=int, default=0, help="noise seed (with the image index, fixes all noise)")
-    cert.add_argument("--skip", type=int, default=1, help="certify every skip-th image")
-    cert.add_argument("--max", type=int, default=-1, help="stop after this many images (-1: all)")
-    cert.add_argument("--backend", default="auto", help="noise backend: auto, cuda, triton, cpp, torch")
-    cert.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    cert.add_argument("--out", default="-", help="output TSV path, or - for stdout")
-    cert.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_run_options(sub.add_parser("certify", help="certify images (Cohen's certify TSV)"), "certify")
+    _add_run_options(sub.add_parser("predict", help="predict with abstention (Cohen's predict TSV)"), "predict")
+    a = sub.add_parser("analyze", help="certified accuracy, ACR and more from certify/predict TSV files")
+    a.add_argument("files", nargs="+", help="certify or predict TSV files")
+    a.add_argument("--radii", default="cifar10", help="cifar10 or imagenet (the paper's tables) or 0,0.25,...")
+    form = a.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="a Markdown table (best values in bold)")
+    form.add_argument("--latex", action="store_true", help="a LaTeX table like the paper's Table 1")
+    form.add_argument("--json", action="store_true", help='{"files": [{"path", "n", "acr", ...}]}')
+    a.add_argument("--plot", metavar="OUT.png", help="plot certified accuracy against radius (needs matplotlib)")
     return parser
 
 
-@contextlib.contextmanager
-def _open_out(path: str) -> Iterator[TextIO]:
-    if path == "-":
-        yield sys.stdout
+def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodConfig, SamplingConfig, OutputConfig]:
+    has_models = args.classifier is not None or args.denoiser is not None or args.data is not None
+    dataset = args.dataset or ("toy" if not has_models else None)
+    if dataset is None:
+        raise ValueError("--dataset is required with --data, --classifier or --denoiser (cifar10, imagenet, "
+                         "folder, npz)")
+    flags = tuple((f.name, getattr(args, f"flag_{f.name}")) for f in fields(OpenAIFlags)
+                  if f.name != "defaults" and getattr(args, f"flag_{f.name}") is not None)
+    method = args.method or ("diffsmooth" if args.denoiser is not None else "cohen")
+    data = DataConfig(dataset, args.data, args.split, args.skip, args.max)
+    models = ModelConfig(args.denoiser, args.denoiser_preset, args.denoiser_defaults, flags, args.classifier,
+                         args.normalization, args.dtype, args.trust_checkpoint)
+    smoothing = MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
+                             args.reverse_steps, args.reverse_runs)
+    sampling = SamplingConfig(getattr(args, "n0", 100), args.n, args.alpha, args.batch, args.seed, args.backend,
+                              args.device)
+    return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    radii = analyze.parse_radii(args.radii)
+    summaries = [analyze.summarize(path, radii) for path in args.files]
+    if args.json:
+        print(analyze.to_json(summaries))
+    elif args.latex:
+        print(analyze.to_latex(summaries, radii))
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            yield f
-
-
-def _certify(args: argparse.Namespace) -> int:
-    if args.skip < 1:
-        raise ValueError(f"--skip must be >= 1, got {args.skip}")
-    device = torch.device(args.device)
-    problem = make_toy()
-    model = problem.model.to(device)
-    smooth = Smooth(model, problem.num_classes, args.sigma, seed=args.seed, backend=args.backend)
-    indices = list(range(0, len(problem.images), args.skip))
-    if args.max >= 0:
-        indices = indices[: args.max]
-    radii, correct, ratios = [], [], []
-    with _open_out(args.out) as out:
-        io.write_certify_header(out)
-        for count, idx in enumerate(indices, start=1):
-            x = problem.images[idx].to(device)
-            label = int(problem.labels[idx])
-            start = time.perf_counter()
-            pred, radius = smooth.certify(x, args.n0, args.n, args.alpha, args.batch, idx=idx)
-            elapsed = time.perf_counter() - start
-            row = io.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed)
-            io.write_certify_row(out, row, sync=args.out != "-")
-            radii.append(radius)
-            correct.append(row.correct)
-            exact = float(problem.exact_radius[idx])
-            if row.correct:
-                ratios.append(radius / exact)
-            if not args.quiet:
-                print(
-                    f"[{count}/{len(indices)}] idx {idx}: predict {pred} (label {label}) radius {radius:.3f} "
-                    f"(exact {exact:.3f}) in {elapsed:.2f}s",
-                    file=sys.stderr,
-                )
-    at = [0.0, 0.25, 0.5, 0.75, 1.0]
-    acc = stats.certified_accuracy(radii, correct, at)
-    print(
-        "certified accuracy "
-        + ", ".join(f"{a:.3f} at r={r}" for r, a in zip(at, acc))
-        + f"; ACR {stats.average_certified_radius(radii, correct):.3f}",
-        file=sys.stderr,
-    )
-    if ratios:
-        over = sum(1 for r in ratios if r > 1.0)
-        print(
-            f"toy check: certified/exact radius mean {sum(ratios) / len(ratios):.3f}; "
-            f"{over} of {len(ratios)} certificates above the exact radius (expected about alpha of them)",
-            file=sys.stderr,
-        )
+        print(analyze.to_text(summaries, radii, markdown=args.markdown))
+    if args.plot:
+        analyze.plot(summaries, args.files, args.plot)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Entry point; returns the exit status (0, or 2 for a user error, printed as one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _certify(args)
+        args = build_parser().parse_args(argv)
+        if args.command == "analyze":
+            return _analyze(args)
+        options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
+        return runner.run(args.command, *_configs(args), argv=argv, options=options)
     except ValueError as exc:
-        print(f"diffsmooth-fast: error: {exc}", file=sys.stderr)
-        return 2
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"diffsmooth-fast: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except OSError as exc:
         print(f"diffsmooth-fast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("diffsmooth-fast: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

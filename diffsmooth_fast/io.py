@@ -2,6 +2,7 @@
 
 Certify rows are ``idx label predict radius correct time``: radius with three significant digits (``{:.3}``)
 and time as ``str(datetime.timedelta)``. Older files hold the time as float seconds; the reader accepts both.
+Predict rows are ``idx label predict correct time``. Every row is written with one ``write``, flushed and fsynced.
 """
 
 from __future__ import annotations
@@ -57,7 +58,28 @@ def write_certify_header(stream: TextIO) -> None:
 
 def write_certify_row(stream: TextIO, row: CertifyRow, *, sync: bool = True) -> None:
     """Append one row and flush it; with ``sync`` also fsync, so a killed run loses at most this row."""
-    stream.write(format_certify_row(row) + "\n")
+    write_line(stream, format_certify_row(row), sync=sync)
+
+
+@dataclass(frozen=True)
+class PredictRow:
+    """One predicted image (Cohen's predict.py): prediction -1 means abstain (correct 0)."""
+
+    idx: int
+    label: int
+    predict: int
+    correct: int
+    time: float  # seconds
+
+
+def format_predict_row(row: PredictRow) -> str:
+    """The TSV line of ``row`` (without newline), formatted exactly as Cohen et al.'s predict.py."""
+    return f"{row.idx}\t{row.label}\t{row.predict}\t{row.correct}\t{datetime.timedelta(seconds=row.time)}"
+
+
+def write_line(stream: TextIO, line: str, *, sync: bool = True) -> None:
+    """Append ``line`` and a newline in one write, flush, and (``sync``) fsync when the stream is a real file."""
+    stream.write(line + "\n")
     stream.flush()
     if sync and hasattr(stream, "fileno"):
         try:
@@ -66,38 +88,69 @@ def write_certify_row(stream: TextIO, row: CertifyRow, *, sync: bool = True) -> 
             pass
 
 
-def read_certify(path: str | os.PathLike[str]) -> list[CertifyRow]:
-    """All rows of a certify TSV. Errors name the file and line."""
-    path = os.fspath(path)
+def read_certify(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[CertifyRow]:
+    """All rows of a certify TSV. Errors name the file and line.
+
+    With ``torn_tail``, a last line without its newline that does not parse (a run killed mid-write) is
+    dropped instead of raising.
+    """
+    return _read_table(path, CERTIFY_HEADER, "certify", _certify_row, torn_tail)
+
+
+def read_predict(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[PredictRow]:
+    """All rows of a predict TSV (``idx label predict correct time``); see :func:`read_certify`."""
+    return _read_table(path, PREDICT_HEADER, "predict", _predict_row, torn_tail)
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The tab-separated fields of the first line of ``path`` (tells certify files from predict files)."""
+    lines, _ = _read_lines(os.fspath(path), "TSV")
+    return tuple(lines[0].split("\t")) if lines else ()
+
+
+def _certify_row(fields: list[str]) -> CertifyRow:
+    return CertifyRow(idx=int(fields[0]), label=int(fields[1]), predict=int(fields[2]), radius=float(fields[3]),
+                      correct=int(fields[4]), time=parse_time(fields[5]))
+
+
+def _predict_row(fields: list[str]) -> PredictRow:
+    return PredictRow(idx=int(fields[0]), label=int(fields[1]), predict=int(fields[2]), correct=int(fields[3]),
+                      time=parse_time(fields[4]))
+
+
+def _read_lines(path: str, what: str) -> tuple[list[str], bool]:
+    """The file's lines and whether it ends with a newline."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such certify file") from None
+        raise ValueError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory, expected a certify TSV file") from None
+        raise ValueError(f"{path}: is a directory, expected a {what} TSV file") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
-    if not lines or tuple(lines[0].split("\t")) != CERTIFY_HEADER:
-        raise ValueError(f"{path}: not a certify file (expected the header {' '.join(CERTIFY_HEADER)})")
+    return text.splitlines(), text.endswith(("\n", "\r"))
+
+
+def _read_table(path: str | os.PathLike[str], header: tuple[str, ...], what: str, parse, torn_tail: bool) -> list:
+    path = os.fspath(path)
+    lines, terminated = _read_lines(path, what)
+    if not lines or tuple(lines[0].split("\t")) != header:
+        raise ValueError(f"{path}: not a {what} file (expected the header {' '.join(header)})")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
+        last_torn = torn_tail and number == len(lines) and not terminated
         fields = line.split("\t")
-        if len(fields) != len(CERTIFY_HEADER):
-            raise ValueError(f"{path}:{number}: expected {len(CERTIFY_HEADER)} tab-separated fields, got {len(fields)}")
+        if len(fields) != len(header):
+            if last_torn:
+                break
+            raise ValueError(f"{path}:{number}: expected {len(header)} tab-separated fields, got {len(fields)}")
         try:
-            rows.append(
-                CertifyRow(
-                    idx=int(fields[0]),
-                    label=int(fields[1]),
-                    predict=int(fields[2]),
-                    radius=float(fields[3]),
-                    correct=int(fields[4]),
-                    time=parse_time(fields[5]),
-                )
-            )
+            rows.append(parse(fields))
         except ValueError as exc:
+            if last_torn:
+                break
             raise ValueError(f"{path}:{number}: {exc}") from None
     return rows

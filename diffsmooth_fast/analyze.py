@@ -1,0 +1,209 @@
+"""Summaries of certify and predict TSV files: certified accuracy at radii, ACR, abstain rate, clean accuracy and
+time per image, as text, Markdown, LaTeX (a table like the paper's Table 1, best value in bold) or JSON, and a
+plot of certified accuracy against radius.
+
+Reads Cohen et al.'s files as they are: both time formats, interrupted runs, and a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import io, stats
+
+# The paper's tables: Table 1 (CIFAR-10) at 0, 0.25, ..., 2.25; Table 2 (ImageNet) at 0, 0.5, ..., 3.0.
+PAPER_RADII = {
+    "cifar10": tuple(round(0.25 * i, 2) for i in range(10)),
+    "imagenet": tuple(round(0.5 * i, 1) for i in range(7)),
+}
+DEFAULT_RADII = PAPER_RADII["cifar10"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One file's numbers; the certified fields are None for predict files, every rate None for an empty file.
+
+    certified_accuracy: radius -> fraction of rows with correct == 1 and radius >= r.
+    """
+
+    path: str
+    kind: str  # "certify" or "predict"
+    n: int
+    clean_accuracy: float | None
+    abstain_rate: float | None
+    time_per_image: float | None  # seconds
+    acr: float | None = None
+    certified_accuracy: dict[float, float] | None = None
+
+
+def parse_radii(text: str) -> tuple[float, ...]:
+    """``cifar10``, ``imagenet`` (the paper's tables) or comma-separated non-negative radii."""
+    if text in PAPER_RADII:
+        return PAPER_RADII[text]
+    try:
+        radii = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise ValueError(f"--radii must be cifar10, imagenet or numbers like 0,0.25,0.5; got {text!r}") from None
+    if not radii or any(not math.isfinite(r) or r < 0 for r in radii):
+        raise ValueError(f"--radii must be non-negative finite numbers, got {text!r}")
+    return radii
+
+
+def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
+    """The summary of one certify or predict file (told apart by the header)."""
+    header = io.read_header(path)
+    if header == io.PREDICT_HEADER:
+        rows = io.read_predict(path, torn_tail=True)
+        predict = [r.predict for r in rows]
+        return _common(path, "predict", rows, predict)
+    rows = io.read_certify(path, torn_tail=True)  # raises on anything that is not a certify file
+    summary = _common(path, "certify", rows, [r.predict for r in rows])
+    if not rows:
+        return summary
+    radius, correct = [r.radius for r in rows], [r.correct for r in rows]
+    acc = stats.certified_accuracy(radius, correct, list(radii))
+    return replace(summary, acr=stats.average_certified_radius(radius, correct),
+                   certified_accuracy={float(r): float(a) for r, a in zip(radii, acc)})
+
+
+def _common(path: str, kind: str, rows: list, predict: list[int]) -> Summary:
+    n = len(rows)
+    if n == 0:
+        return Summary(path, kind, 0, None, None, None)
+    return Summary(path, kind, n, clean_accuracy=float(np.mean([r.correct for r in rows])),
+                   abstain_rate=float(np.mean([p == stats.ABSTAIN for p in predict])),
+                   time_per_image=float(np.mean([r.time for r in rows])))
+
+
+def to_json(summaries: Sequence[Summary]) -> str:
+    """``{"files": [{"path", "kind", "n", "acr", "certified_accuracy": {"0.0": ...}, ...}]}``."""
+    files = []
+    for s in summaries:
+        cert = None if s.certified_accuracy is None else {str(r): a for r, a in s.certified_accuracy.items()}
+        files.append({"path": s.path, "kind": s.kind, "n": s.n, "acr": s.acr, "certified_accuracy": cert,
+                      "clean_accuracy": s.clean_accuracy, "abstain_rate": s.abstain_rate,
+                      "time_per_image": s.time_per_image})
+    return json.dumps({"files": files}, indent=2)
+
+
+def _columns(radii: Sequence[float]) -> list[str]:
+    return ["n", "clean acc", "abstain", "time/img (s)", "ACR", *[f"r={r:g}" for r in radii]]
+
+
+def _values(s: Summary, radii: Sequence[float]) -> list[float | None]:
+    cert = s.certified_accuracy or {}
+    return [s.n, s.clean_accuracy, s.abstain_rate, s.time_per_image, s.acr, *[cert.get(float(r)) for r in radii]]
+
+
+def _best(summaries: Sequence[Summary], radii: Sequence[float]) -> list[float | None]:
+    """Per column (ACR and certified accuracies) the best value over two or more files, as shown (3 decimals, so
+    values that print alike tie); None where there is nothing to mark (one file, or all zero)."""
+    table = [_values(s, radii) for s in summaries]
+    best: list[float | None] = [None] * len(_columns(radii))
+    for col in range(4, len(best)):
+        present = [round(row[col], 3) for row in table if row[col] is not None]
+        if len(summaries) > 1 and present and max(present) > 0:
+            best[col] = max(present)
+    return best
+
+
+def _is_best(value: float | None, best: float | None) -> bool:
+    return value is not None and best is not None and round(value, 3) == best
+
+
+def _cell(value: float | None, col: int, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    if col == 0:
+        return str(value)
+    if col == 3:
+        return f"{value:.1f}"
+    return f"{100 * value:.1f}" if percent and col != 4 else f"{value:.3f}"
+
+
+def to_text(summaries: Sequence[Summary], radii: Sequence[float], *, markdown: bool = False) -> str:
+    """An aligned text table, or a Markdown table (best values in bold), one row per file."""
+    cols, best = ["file", *_columns(radii)], _best(summaries, radii)
+    rows = []
+    for s in summaries:
+        cells = [s.path]
+        for col, value in enumerate(_values(s, radii)):
+            cell = _cell(value, col)
+            cells.append(f"**{cell}**" if markdown and _is_best(value, best[col]) else cell)
+        rows.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(row[i]) for row in [cols, *rows]) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [cols, *rows])
+
+
+def to_latex(summaries: Sequence[Summary], radii: Sequence[float]) -> str:
+    """A booktabs table like the paper's Table 1: certified accuracy (%) per radius and ACR, best in bold."""
+    best = _best(summaries, radii)
+    head = "Method & " + " & ".join(f"{r:.2f}" for r in radii) + r" & ACR \\"
+    lines = [r"\begin{tabular}{l" + "c" * (len(radii) + 1) + "}", r"\toprule",
+             r"& \multicolumn{" + str(len(radii)) + r"}{c}{Certified accuracy (\%) at $\ell_2$ radius $r$} & \\",
+             head, r"\midrule"]
+    for s in summaries:
+        values = _values(s, radii)
+        order = [*range(5, len(values)), 4]
+        cells = []
+        for col in order:
+            cell = _cell(values[col], col, percent=True)
+            cells.append(rf"\textbf{{{cell}}}" if _is_best(values[col], best[col]) else cell)
+        lines.append(_latex_escape(s.path) + " & " + " & ".join(cells) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"])
+
+
+def _latex_escape(text: str) -> str:
+    for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
+        text = text.replace(char, "\\" + char if char != "\\" else r"\textbackslash{}")
+    return text
+
+
+def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> None:
+    """Certified accuracy against radius, one curve per certify file, saved to ``out`` (png, pdf, svg, ...)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--plot {out}: no such directory {folder}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = _short_labels(paths)
+    for summary, path, label in zip(summaries, paths, labels):
+        if summary.kind != "certify" or summary.n == 0:
+            continue
+        rows = io.read_certify(path, torn_tail=True)
+        radius, correct = [r.radius for r in rows], [r.correct for r in rows]
+        grid = np.linspace(0.0, max(max(radius), 0.01) * 1.02, 400)
+        ax.plot(grid, stats.certified_accuracy(radius, correct, grid), label=label)
+    ax.set_xlabel(r"$\ell_2$ radius")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _short_labels(paths: Sequence[str]) -> list[str]:
+    """The paths without the folders they all share (``noise_0.25/test/sigma_0.25``), for a readable legend."""
+    full = [os.path.abspath(p) for p in paths]
+    if len(full) < 2:
+        return [os.path.basename(p) for p in full]
+    common = os.path.commonpath([os.path.dirname(p) for p in full])
+    return [os.path.relpath(p, common) for p in full]

@@ -1,0 +1,112 @@
+"""From settings to a ready smoothed classifier: data, checkpoints, the method's pipeline, and a probe.
+
+Everything that can fail on a user's files fails here, before any output file is touched: missing or wrong
+checkpoints, a dataset the models cannot take, a model that returns NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .certify import SamplePositions, Smooth, noise_stream
+from .configs import DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination
+from .data import load_dataset
+from .demo import make_toy
+from .denoiser import Denoiser
+from .models.classifiers import load_classifier
+from .ops import gaussian_noise, resolve_backend
+from .pipeline import MethodConfig, PurifiedClassifier
+
+log = logging.getLogger("diffsmooth_fast")
+
+PHASE_PROBE = 3  # a sampling phase no certificate uses: the probe's noise never meets a certificate's
+
+
+@dataclass(frozen=True)
+class Job:
+    """A ready run: ``images`` (map-style: index -> (x [C, H, W] in [0, 1], label)), the ``indices`` to do, the
+    smoothed classifier, and for the toy problem the exact radii [N]."""
+
+    images: Sequence[tuple[torch.Tensor, int]]
+    indices: list[int]
+    smooth: Smooth
+    device: torch.device
+    backend: str
+    num_classes: int
+    exact_radius: torch.Tensor | None = None
+
+
+class _ToyImages:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampling: SamplingConfig) -> Job:
+    """Load the dataset and models, assemble ``method``'s base classifier, probe it on the first image.
+
+    Raises:
+        ValueError: any problem with the files, the settings, or the models' outputs (one line each).
+    """
+    device = sampling.torch_device()
+    backend = resolve_backend(sampling.backend, device.type)
+    dtype = DTYPES[models.dtype]
+    exact = None
+    check_combination(data, models, method)
+    if data.dataset == "toy":
+        toy = make_toy()
+        images: Sequence = _ToyImages(toy.images, toy.labels)
+        classifier: nn.Module = toy.model
+        exact = toy.exact_radius
+    else:
+        images = load_dataset(data.dataset, data.path, data.split)
+        stats = data.dataset if data.dataset in ("cifar10", "imagenet") else None
+        classifier = load_classifier(models.classifier, stats, models.normalization,
+                                     trust_checkpoint=models.trust_checkpoint)
+    classifier = classifier.to(device=device, dtype=dtype if data.dataset != "toy" else torch.float32).eval()
+    denoiser = None
+    if method.uses_denoiser:
+        flags = models.flags(data.dataset)
+        denoiser = Denoiser.from_flags(flags, models.denoiser, dtype=dtype, device=device,
+                                       trust_checkpoint=models.trust_checkpoint)
+    base = PurifiedClassifier(method, classifier, denoiser, seed=sampling.seed, backend=backend,
+                              dtype=dtype if data.dataset != "toy" else torch.float32)
+    indices = list(range(0, len(images), data.skip))
+    indices = indices if data.max < 0 else indices[: data.max]
+    num_classes = _probe(base, images, indices[0] if indices else 0, method.sigma, sampling.seed, backend, device)
+    smooth = Smooth(base, num_classes, method.sigma, seed=sampling.seed, backend=backend)
+    return Job(images, indices, smooth, device, backend, num_classes, exact)
+
+
+def _probe(base: PurifiedClassifier, images: Sequence, idx: int, sigma: float, seed: int, backend: str,
+           device: torch.device) -> int:
+    """Run the base classifier on two noisy copies of image ``idx``: the number of classes, or a one-line error."""
+    if len(images) == 0:
+        raise ValueError("the dataset holds no images")
+    x, _ = images[idx]
+    x = x.to(device)
+    noise = gaussian_noise((2, *x.shape), seed, 0, stream=noise_stream(idx, PHASE_PROBE), backend=backend,
+                           device=device)
+    try:
+        with torch.no_grad():
+            scores = base(x.unsqueeze(0) + sigma * noise, positions=SamplePositions(seed, idx, PHASE_PROBE, 0, 2))
+    except RuntimeError as exc:  # shape mismatches inside the networks surface as RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"the models cannot take this dataset's images [{', '.join(map(str, x.shape))}]: {first}") \
+            from None
+    if scores.ndim != 2 or scores.shape[0] != 2 or scores.shape[1] < 2:
+        raise ValueError(f"the classifier returned shape {list(scores.shape)} for 2 images; expected [2, classes]")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("the models return NaN or infinite values on the first image: check the checkpoints "
+                         "(and use --dtype float32 if float16 overflows)")
+    return int(scores.shape[1])

@@ -1,0 +1,196 @@
+"""The settings of a certify or predict run, as frozen dataclasses the command line maps onto.
+
+``MethodConfig`` (what the base classifier does) lives in :mod:`diffsmooth_fast.pipeline`; here are the data,
+the models, the sampling and the output. :func:`result_settings` is the subset that decides the numbers in the
+output file: a resumed run must match it exactly (see :mod:`diffsmooth_fast.resume`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from .data import DATASETS
+from .models.classifiers import NORMALIZATIONS
+from .models.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
+from .pipeline import MethodConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ALL_DATASETS = ("toy", *DATASETS, "demo")
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images: ``dataset`` (toy, cifar10, imagenet, folder, npz) at ``path``; every ``skip``-th image of
+    ``split`` from index 0, at most ``max`` of them (-1: all)."""
+
+    dataset: str = "toy"
+    path: str | None = None
+    split: str = "test"
+    skip: int = 1
+    max: int = -1
+
+    def __post_init__(self) -> None:
+        if self.dataset == "demo":
+            raise ValueError("--dataset demo is not available yet (its trained models ship later); run without "
+                             "--dataset for the built-in toy problem")
+        if self.dataset not in ALL_DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(ALL_DATASETS)}")
+        if self.dataset == "toy" and self.path is not None:
+            raise ValueError("the toy problem is built in and takes no --data; name the dataset with --dataset")
+        if self.dataset != "toy" and self.path is None:
+            raise ValueError(f"--dataset {self.dataset} needs --data PATH")
+        _int("--skip", self.skip, 1)
+        _int("--max", self.max, -1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The checkpoints: an OpenAI diffusion model (``denoiser``, with a preset or OpenAI flags) and a classifier.
+
+    ``denoiser_flags`` are (OpenAI name, value) pairs; with a preset they override it. Without either, a
+    cifar10/imagenet dataset implies its preset. ``dtype`` is the models' precision.
+    """
+
+    denoiser: str | None = None
+    denoiser_preset: str | None = None
+    denoiser_defaults: str = "guided"
+    denoiser_flags: tuple[tuple[str, object], ...] = ()
+    classifier: str | None = None
+    normalization: str = "auto"
+    dtype: str = "float32"
+    trust_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"--normalization must be auto or one of {', '.join(NORMALIZATIONS)}")
+        if self.denoiser is None and (self.denoiser_preset or self.denoiser_flags):
+            raise ValueError("--denoiser-preset and OpenAI flags describe a --denoiser checkpoint; give --denoiser")
+        for path, what in ((self.denoiser, "--denoiser"), (self.classifier, "--classifier")):
+            if path is not None and not os.path.exists(path) and not (what == "--classifier" and ":" in path):
+                raise ValueError(f"{what} {path}: no such file")
+
+    def flags(self, dataset: str) -> OpenAIFlags:
+        """The denoiser's OpenAI flags: the preset (named, or the dataset's) updated by the flags given."""
+        given = dict(self.denoiser_flags)
+        unknown = [name for name in given if name not in FLAG_NAMES]
+        if unknown:
+            openai_flags(**{unknown[0]: given[unknown[0]]})  # raises with the close matches
+        name = self.denoiser_preset or (dataset if not given and dataset in PRESETS else None)
+        if name is not None:
+            return replace(preset(name), **given) if given else preset(name)
+        if not given:
+            raise ValueError(f"--denoiser needs --denoiser-preset ({', '.join(PRESETS)}) or its OpenAI flags "
+                             f"(e.g. --image_size 32 --num_channels 128 ...)")
+        return openai_flags(self.denoiser_defaults, **given)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha,
+    ``batch`` noisy samples per base-classifier call, the noise ``seed``, noise ``backend`` and ``device``."""
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch: int = 1000
+    seed: int = 0
+    backend: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _int("--n0", self.n0, 1)
+        _int("--n", self.n, 1)
+        _int("--batch", self.batch, 1)
+        if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0 or not math.isfinite(self.alpha):
+            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"--seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"--device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: this torch has no CUDA device; use --device cpu")
+        return device
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``out`` (a TSV path, or - for stdout), --resume, --overwrite, and --quiet (no progress on stderr)."""
+
+    out: str = "-"
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfig) -> None:
+    """Refuse settings that do not go together (before anything is loaded).
+
+    Raises:
+        ValueError: models given to the toy problem, a method without the models it needs, or with one it ignores.
+    """
+    if data.dataset == "toy":
+        if models.classifier is not None or models.denoiser is not None:
+            raise ValueError("the toy problem has its own built-in classifier; pass --dataset and --data to certify "
+                             "with --classifier or --denoiser")
+        if method.uses_denoiser:
+            raise ValueError(f"the toy problem has no diffusion model: use --method cohen or local-only, not "
+                             f"{method.method}")
+        return
+    if models.classifier is None:
+        raise ValueError("--classifier is required (a Cohen/SmoothAdv checkpoint, TorchScript file or module:function)")
+    if method.uses_denoiser and models.denoiser is None:
+        raise ValueError(f"--method {method.method} needs --denoiser (an OpenAI diffusion checkpoint); --method cohen "
+                         f"certifies the classifier alone")
+    if not method.uses_denoiser and models.denoiser is not None:
+        raise ValueError(f"--method {method.method} uses no diffusion model: drop --denoiser")
+
+
+def result_settings(command: str, data: DataConfig, models: ModelConfig, method: MethodConfig,
+                    sampling: SamplingConfig) -> dict[str, object]:
+    """What decides the rows of the output: a resumed run must match every entry.
+
+    Left out on purpose, because results do not depend on them: --batch (noise is drawn by position), --max (a
+    resume may extend or shorten the run), --device and --backend (the noise is the same integers everywhere),
+    --out, --quiet, --resume, --overwrite. Checkpoints are compared by absolute path and size.
+    """
+    settings: dict[str, object] = {"command": command, "dataset": data.dataset, "data": _abs(data.path),
+                                   "split": data.split, "skip": data.skip, **method.settings()}
+    if command == "certify":
+        settings["n0"] = sampling.n0
+    settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, dtype=models.dtype)
+    if method.uses_denoiser:
+        flags = models.flags(data.dataset)
+        settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),
+                                "flags": {**flags.to_dict(), "defaults": flags.defaults}}
+    if data.dataset != "toy":
+        settings["classifier"] = {"path": _abs(models.classifier), "bytes": _size(models.classifier),
+                                  "normalization": models.normalization}
+    return settings
+
+
+def _abs(path: str | None) -> str | None:
+    if path is None or (not os.path.exists(path) and ":" in path):  # a module:function classifier
+        return path
+    return os.path.abspath(path)
+
+
+def _size(path: str | None) -> int | None:
+    return os.path.getsize(path) if path is not None and os.path.isfile(path) else None

@@ -1,0 +1,76 @@
+"""Progress of a run on stderr: a bar with ETA and running certified accuracy on a terminal, a line per image
+otherwise (logs of batch jobs), nothing with --quiet."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import TextIO
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class Progress:
+    """Reports each finished image; ``already`` rows (radius, correct) come from a resumed file.
+
+    Args:
+        total: images in the whole run (done before included).
+        already: (radius, correct) of the rows already in the file; radius None for predict rows.
+        stream: where to write (stderr); ``tty`` None asks the stream.
+        quiet: write nothing.
+    """
+
+    def __init__(self, total: int, already: list[tuple[float | None, int]], *, stream: TextIO | None = None,
+                 quiet: bool = False, tty: bool | None = None) -> None:
+        self.total, self.rows = total, list(already)
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.tty = self.stream.isatty() if tty is None and hasattr(self.stream, "isatty") else bool(tty)
+        self.start, self.session = time.perf_counter(), 0
+        if self.rows and not quiet:
+            print(f"resuming: {len(self.rows)} of {total} images already done", file=self.stream, flush=True)
+        if self.tty and not quiet and len(self.rows) < total:  # an image can take minutes: show the bar at once
+            self._bar("ETA --:--:--")
+
+    def update(self, idx: int, label: int, predict: int, radius: float | None, correct: int, seconds: float) -> None:
+        """One image done."""
+        self.rows.append((radius, correct))
+        self.session += 1
+        if self.quiet:
+            return
+        done = len(self.rows)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.session * max(self.total - done, 0)
+        running = self._running()
+        if self.tty:
+            self._bar(f"ETA {_duration(eta)} | {running}")
+            if done >= self.total:
+                self.stream.write("\n")
+        else:
+            what = f"radius {radius:.3f} " if radius is not None else ""
+            self.stream.write(f"[{done}/{self.total}] idx {idx}: predict {predict} (label {label}) {what}"
+                              f"in {seconds:.2f}s; {running}; ETA {_duration(eta)}\n")
+        self.stream.flush()
+
+    def _bar(self, text: str) -> None:
+        width, done = 24, len(self.rows)
+        filled = int(width * min(done, self.total) / max(self.total, 1))
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}".ljust(100))
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End a bar left unfinished (an error or a partial run)."""
+        if self.tty and not self.quiet and self.session and len(self.rows) < self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _running(self) -> str:
+        n = len(self.rows)
+        correct = sum(c for _, c in self.rows)
+        if any(r is None for r, _ in self.rows):
+            return f"accuracy {correct / n:.3f}"
+        acr = sum(r * c for r, c in self.rows) / n
+        return f"certified accuracy (r=0) {correct / n:.3f}, ACR {acr:.3f}"

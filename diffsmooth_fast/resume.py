@@ -1,0 +1,178 @@
+"""Output files of a run: never overwritten by accident, described by a JSON sidecar, resumable after a kill -9.
+
+A run writes ``OUT`` (Cohen's TSV, one row per image, each flushed and fsynced) and ``OUT.json`` (the sidecar:
+the settings that decide the results, every option, versions, device and seed; one entry per session in
+``runs``). Rerunning the same command with ``--resume`` repairs a torn last line (a row cut by the kill), skips
+the images already written and appends the rest; it is refused when the sidecar's settings differ. The TSV is
+created (header only, atomically) before the sidecar, so a kill between the two leaves a file with no rows,
+which a resume simply starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TextIO
+
+SIDECAR_FORMAT = "diffsmooth-fast sidecar 1"
+
+
+def sidecar_path(out: str) -> str:
+    """Where the sidecar of output ``out`` lives: ``out + ".json"``."""
+    return out + ".json"
+
+
+def preflight(out: str, *, resume: bool, overwrite: bool) -> bool:
+    """Check the output before any work is done; True when ``out`` exists and will be resumed or replaced.
+
+    Raises:
+        ValueError: both flags; --resume on stdout; ``out`` is a directory; its directory cannot be created or
+            written; ``out`` exists without --resume or --overwrite.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: pick one")
+    if out == "-":
+        if resume:
+            raise ValueError("--resume needs --out FILE (a run on stdout cannot be resumed)")
+        return False
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a directory; give a file path")
+    _check_writable_dir(os.path.dirname(os.path.abspath(out)))
+    exists = os.path.lexists(out)
+    if exists and not (resume or overwrite):
+        raise ValueError(f"{out} exists: pass --resume to continue that run or --overwrite to replace it")
+    if exists and not os.access(out, os.W_OK):
+        raise ValueError(f"{out} is not writable; choose another --out")
+    return exists
+
+
+def _check_writable_dir(folder: str) -> None:
+    probe = folder
+    while not os.path.exists(probe):  # the nearest existing ancestor decides whether the folder can be made
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ValueError(f"cannot create the output directory {folder}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"the output directory {probe} is not writable; choose another --out")
+
+
+def check_resumable(out: str, header: tuple[str, ...], settings: Mapping[str, object]) -> None:
+    """Refuse to resume ``out`` unless its sidecar holds the same ``settings`` (a file with no rows may restart).
+
+    Raises:
+        ValueError: the sidecar is missing or unreadable while the file has rows, or the settings differ (listed).
+    """
+    path = sidecar_path(out)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        if _complete_rows(out, header) == 0:
+            return  # killed before the sidecar was written: nothing to lose, start over
+        raise ValueError(f"cannot resume {out}: its settings file {path} is missing; pass --overwrite to start over") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot resume {out}: {path} is not a readable sidecar ({exc})") from None
+    old = record.get("settings") if isinstance(record, dict) else None
+    new = _jsonable(settings)
+    if old != new:
+        old = old if isinstance(old, dict) else {}
+        diffs = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+                 for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        raise ValueError(f"refusing to resume {out}: its settings differ ({'; '.join(diffs)}); rerun the same command "
+                         f"or pass --overwrite to start over")
+
+
+def repair(out: str, header: tuple[str, ...]) -> None:
+    """Cut a torn last line (bytes after the last newline) from ``out``; restore a torn header.
+
+    Raises:
+        ValueError: ``out`` does not start with ``header``.
+    """
+    header_line = ("\t".join(header) + "\n").encode()
+    with open(out, "r+b") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(header_line):
+            if not header_line.startswith(data[: len(header_line)].rstrip(b"\0")):
+                raise ValueError(f"cannot resume {out}: it does not start with the header {' '.join(header)}")
+            f.seek(0)
+            f.truncate()
+            f.write(header_line)
+        elif not data.startswith(header_line):
+            raise ValueError(f"cannot resume {out}: it does not start with the header {' '.join(header)}")
+        elif end < len(data):
+            f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_sidecar(out: str, record: Mapping[str, object]) -> None:
+    """Write ``out``'s sidecar atomically (a temporary file, fsync, then ``os.replace``)."""
+    path = sidecar_path(out)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(record), f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_sidecar(out: str) -> dict:
+    """The sidecar of ``out`` as a dict ({} when missing)."""
+    try:
+        with open(sidecar_path(out), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+@contextmanager
+def open_output(out: str, header: tuple[str, ...], settings: Mapping[str, object], session: Mapping[str, object],
+                *, resume: bool) -> Iterator[TextIO]:
+    """The output stream, positioned for appending rows; the sidecar written, the header in place.
+
+    ``resume`` continues an existing file (call :func:`check_resumable` first; this repairs it); otherwise the file
+    is created or replaced by a header-only file. ``out == "-"`` is stdout (header written, no sidecar).
+    """
+    if out == "-":
+        sys.stdout.write("\t".join(header) + "\n")
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    record = read_sidecar(out) if resume and os.path.exists(out) else {}
+    if resume and os.path.exists(out):
+        repair(out, header)
+    else:
+        tmp = f"{out}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\t".join(header) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    runs = list(record.get("runs", [])) if record.get("settings") == _jsonable(settings) else []
+    write_sidecar(out, {"format": SIDECAR_FORMAT, "settings": settings, "runs": [*runs, session]})
+    with open(out, "a", encoding="utf-8") as stream:
+        yield stream
+
+
+def _complete_rows(out: str, header: tuple[str, ...]) -> int:
+    try:
+        with open(out, "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    return max(data.count(b"\n") - 1, 0) if data.startswith(("\t".join(header) + "\n").encode()) else 0
+
+
+def _jsonable(value: object) -> object:
+    """``value`` as JSON would give it back (tuples to lists), so stored and current settings compare equal."""
+    return json.loads(json.dumps(value))

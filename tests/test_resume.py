@@ -1,0 +1,174 @@
+"""Resumable runs: kill -9 then --resume gives the uninterrupted file; torn lines are repaired; other settings,
+existing files and missing sidecars are refused without touching anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from diffsmooth_fast import io
+from diffsmooth_fast.cli import main
+from diffsmooth_fast.resume import repair
+
+from .tiny_models import save_halfspace, save_unet, unet_cli_flags
+
+HEADER = "\t".join(io.CERTIFY_HEADER) + "\n"
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+# The kill test needs images slow enough to be killed between two of them; the others run fast.
+SLOW_TOY = ["certify", "--n0", "50", "--n", "20000", "--batch", "10000", "--max", "6", "--seed", "3", "--quiet"]
+TOY = ["certify", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "6", "--seed", "3", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()  # tiny models: threads only contend (see test_denoiser.py)
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def strip_time(path) -> list[str]:
+    return [line.rsplit("\t", 1)[0] for line in open(path).read().splitlines()]
+
+
+def snapshot(*paths) -> list[bytes | None]:
+    return [open(p, "rb").read() if os.path.exists(p) else None for p in paths]
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    full, killed = tmp_path / "full.tsv", tmp_path / "killed.tsv"
+    assert main([*SLOW_TOY, "--out", str(full)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth_fast", *SLOW_TOY, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if killed.exists() and killed.read_text().count("\n") >= 3:  # header and two rows written
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    rows_before = killed.read_text().count("\n") - 1
+    assert 2 <= rows_before < 6
+    with open(killed, "a") as f:  # and a row cut in the middle, as a kill during a write leaves it
+        f.write("5\t0\t0\t0.4")
+    assert main([*SLOW_TOY, "--out", str(killed), "--resume"]) == 0
+    assert strip_time(killed) == strip_time(full)
+    rows = io.read_certify(killed)
+    assert sorted(r.idx for r in rows) == [r.idx for r in rows] == [0, 1, 2, 3, 4, 5]
+    sidecar = json.load(open(f"{killed}.json"))
+    assert len(sidecar["runs"]) == 2 and "--resume" in sidecar["runs"][1]["argv"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_models")
+    return {"unet": save_unet(root / "ema.pt"), "data": str(root / "half.npz"),
+            "clf": save_halfspace(root / "half.pt", root / "half.npz", n=4, size=16)}
+
+
+def diffsmooth(models) -> list[str]:
+    return ["certify", "--dataset", "npz", "--data", models["data"], "--classifier", models["clf"], "--denoiser",
+            models["unet"], *unet_cli_flags(), "--sigma", "0.5", "--local-sigma", "0.5", "--local-noise", "fresh",
+            "--m", "2", "--n0", "8", "--n", "32", "--batch", "16", "--quiet"]
+
+
+def test_torn_line_then_resume_diffsmooth(models, tmp_path, cut=2):
+    """DiffSmooth with fresh local noise cut after ``cut`` rows, mid-row, then resumed with another batch size."""
+    full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
+    assert main([*diffsmooth(models), "--out", str(full)]) == 0
+    lines = open(full).read().splitlines(keepends=True)
+    part.write_text("".join(lines[: 1 + cut]) + lines[1 + cut][:7])
+    shutil.copy(f"{full}.json", f"{part}.json")
+    assert main([*diffsmooth(models), "--out", str(part), "--resume", "--batch", "5"]) == 0  # --batch may change
+    assert strip_time(part) == strip_time(full)
+    assert open(part).read().endswith("\n") and len(strip_time(part)) == 5
+
+
+def test_existing_output_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--max", "2", "--out", str(out)]) == 0
+    before = snapshot(out, f"{out}.json")
+    capsys.readouterr()
+    assert main([*TOY, "--max", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists: pass --resume" in err and err.count("\n") == 1
+    assert snapshot(out, f"{out}.json") == before
+    assert main([*TOY, "--max", "1", "--seed", "9", "--out", str(out), "--overwrite"]) == 0
+    assert len(io.read_certify(out)) == 1 and json.load(open(f"{out}.json"))["settings"]["seed"] == 9
+
+
+@pytest.mark.parametrize("change,named", [
+    (["--sigma", "0.5"], "sigma 0.25 -> 0.5"), (["--n", "2000"], "n 1000 -> 2000"), (["--skip", "2"], "skip 1 -> 2"),
+    (["--seed", "4"], "seed 3 -> 4"), (["--method", "local-only"], "method"),
+])
+def test_resume_with_other_settings_is_refused(tmp_path, capsys, change, named):
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--max", "2", "--out", str(out)]) == 0
+    with open(out, "a") as f:
+        f.write("2\t1\t1")  # a torn line: even its repair must wait until the settings are known to match
+    before = snapshot(out, f"{out}.json")
+    capsys.readouterr()
+    assert main([*TOY, "--max", "2", *change, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to resume" in err and named in err and err.count("\n") == 1
+    assert snapshot(out, f"{out}.json") == before
+
+
+def test_resume_may_extend_a_run_and_finish_a_finished_one(tmp_path, capsys):
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--max", "2", "--out", str(out)]) == 0
+    assert main([*TOY, "--max", "4", "--out", str(out), "--resume"]) == 0  # --max is not a result setting
+    assert [r.idx for r in io.read_certify(out)] == [0, 1, 2, 3]
+    before = open(out).read()
+    assert main([*TOY, "--max", "4", "--out", str(out), "--resume"]) == 0  # nothing left to do
+    assert open(out).read() == before
+
+
+def test_resume_without_sidecar(tmp_path, capsys):
+    out = tmp_path / "run.tsv"
+    out.write_text(HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n")
+    assert main([*TOY, "--max", "2", "--out", str(out), "--resume"]) == 2
+    assert "settings file" in capsys.readouterr().err and open(out).read().count("\n") == 2
+    out.write_text(HEADER)  # killed between creating the file and writing its sidecar: nothing to lose
+    assert main([*TOY, "--max", "2", "--out", str(out), "--resume"]) == 0
+    assert len(io.read_certify(out)) == 2
+
+
+def test_resume_of_nothing_starts_and_stdout_cannot_resume(tmp_path, capsys):
+    out = tmp_path / "new.tsv"
+    assert main([*TOY, "--max", "1", "--out", str(out), "--resume"]) == 0 and len(io.read_certify(out)) == 1
+    assert main([*TOY, "--max", "1", "--resume"]) == 2
+    assert "--resume needs --out FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,expected", [
+    (HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n1\t1\t1\t0.", HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n"),
+    (HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n", HEADER + "0\t1\t1\t0.5\t1\t0:00:01\n"),
+    (HEADER[:9], HEADER),  # killed while writing the header
+    ("", HEADER),
+    (HEADER + "\0\0\0", HEADER),  # zeros a crash may leave after the last write
+])
+def test_repair(tmp_path, content, expected):
+    path = tmp_path / "x.tsv"
+    path.write_text(content)
+    repair(str(path), io.CERTIFY_HEADER)
+    assert path.read_text() == expected
+
+
+def test_repair_refuses_other_files(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text("idx\tlabel\tpredict\tcorrect\ttime\n")
+    with pytest.raises(ValueError, match="does not start with the header"):
+        repair(str(path), io.CERTIFY_HEADER)
