@@ -20,6 +20,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one intra-op thread: tiny models gain nothing from threads, and two OpenMP
+    threads on a loaded 2-core machine stall at every barrier (observed: 5x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def has_triton() -> bool:
     try:
         import triton  # noqa: F401

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffsmooth_fast.models import resnet
+
+from .tiny_models import randomize_batchnorm
 from diffsmooth_fast.models.classifiers import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -47,16 +49,12 @@ class CohenNormalizeLayer(nn.Module):
 
 
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm affine and running statistics (defaults would make BN the identity and hide mistakes)."""
-    g = torch.Generator().manual_seed(seed)
+    """Random BatchNorm statistics and random classifier biases, in eval mode."""
+    randomize_batchnorm(net, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
     return net.eval()
 

@@ -20,15 +20,9 @@ from diffsmooth_fast.progress import Progress
 from .tiny_models import save_classifier, save_halfspace, save_npz, save_unet, unet_cli_flags
 
 ERROR = "diffsmooth-fast: error:"
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: threads only contend (see test_denoiser.py)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

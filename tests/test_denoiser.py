@@ -17,6 +17,8 @@ from diffsmooth_fast.models.openai_flags import PRESETS, openai_flags, preset
 from diffsmooth_fast.models.unet import UNet
 from diffsmooth_fast.schedule import DiffusionSchedule, named_betas, space_timesteps
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = os.path.join(os.path.dirname(__file__), "data", "openai")
 _spec = importlib.util.spec_from_file_location("openai_make_reference", os.path.join(DATA, "make_reference.py"))
 _reference = importlib.util.module_from_spec(_spec)
@@ -30,14 +32,6 @@ SMALL = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2
              num_heads=2, learn_sigma=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and two OpenMP threads on a loaded 2-core machine stall
-    # at every barrier (observed: 5x slower); one thread keeps these tests fast whatever else runs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def state_for(defaults: str = "guided", seed: int = 0, **flags) -> dict[str, torch.Tensor]:

@@ -20,15 +20,11 @@ from diffsmooth_fast.schedule import space_timesteps
 
 from .tiny_models import UNET_FLAGS, fill_state_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: threads only contend (see test_denoiser.py)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Linear(nn.Module):

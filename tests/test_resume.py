@@ -21,18 +21,12 @@ from diffsmooth_fast.resume import repair
 from .tiny_models import save_halfspace, save_unet, unet_cli_flags
 
 HEADER = "\t".join(io.CERTIFY_HEADER) + "\n"
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 # The kill test needs images slow enough to be killed between two of them; the others run fast.
 SLOW_TOY = ["certify", "--n0", "50", "--n", "20000", "--batch", "10000", "--max", "6", "--seed", "3", "--quiet"]
 TOY = ["certify", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "6", "--seed", "3", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: threads only contend (see test_denoiser.py)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def strip_time(path) -> list[str]:

@@ -18,6 +18,8 @@ import torch
 from diffsmooth_fast.models.openai_flags import PRESETS, openai_flags
 from diffsmooth_fast.models.unet import GroupNorm32, UNet, UNetConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = os.path.join(os.path.dirname(__file__), "data", "openai")
 
 
@@ -34,14 +36,6 @@ with open(os.path.join(DATA, "layouts.json")) as _f:
     LAYOUTS = json.load(_f)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and two OpenMP threads on a loaded 2-core machine stall
-    # at every barrier (observed: 5x slower); one thread keeps these tests fast whatever else runs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(case: dict) -> UNet:

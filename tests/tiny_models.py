@@ -50,10 +50,8 @@ def save_unet(path: str | os.PathLike, seed: int = 0, **overrides) -> str:
     return os.fspath(path)
 
 
-def save_classifier(path: str | os.PathLike, seed: int = 0, *, nan: bool = False) -> str:
-    """A Cohen-format ``cifar_resnet20`` checkpoint with random weights (``nan``: a NaN in the last bias)."""
-    torch.manual_seed(seed)
-    net = build_architecture("cifar_resnet20")
+def randomize_batchnorm(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm affine and running statistics (defaults would make BN the identity and hide mistakes)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
@@ -62,8 +60,15 @@ def save_classifier(path: str | os.PathLike, seed: int = 0, *, nan: bool = False
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, nn.Linear):
-                m.bias.zero_()
+    return net
+
+
+def save_classifier(path: str | os.PathLike, seed: int = 0, *, nan: bool = False) -> str:
+    """A Cohen-format ``cifar_resnet20`` checkpoint with random weights (``nan``: a NaN in the last bias)."""
+    torch.manual_seed(seed)
+    net = randomize_batchnorm(build_architecture("cifar_resnet20"), seed)
+    with torch.no_grad():
+        net.fc.bias.zero_()
         if nan:
             net.fc.bias[3] = float("nan")
     state = {f"1.{k}": v for k, v in net.state_dict().items()}
