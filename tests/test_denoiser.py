@@ -32,8 +32,6 @@ SMALL = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2
              num_heads=2, learn_sigma=True)
 
 
-
-
 def state_for(defaults: str = "guided", seed: int = 0, **flags) -> dict[str, torch.Tensor]:
     """Random weights in every tensor, in the layout that ``flags`` give."""
     with torch.device("meta"):

@@ -25,8 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPE = (3, 8, 8)
 
 
-
-
 class Linear(nn.Module):
     """A random linear classifier on [B, 3, 8, 8]; counts its calls and their batch sizes."""
 

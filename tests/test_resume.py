@@ -27,8 +27,6 @@ SLOW_TOY = ["certify", "--n0", "50", "--n", "20000", "--batch", "10000", "--max"
 TOY = ["certify", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "6", "--seed", "3", "--quiet"]
 
 
-
-
 def strip_time(path) -> list[str]:
     return [line.rsplit("\t", 1)[0] for line in open(path).read().splitlines()]
 

@@ -36,8 +36,6 @@ with open(os.path.join(DATA, "layouts.json")) as _f:
     LAYOUTS = json.load(_f)
 
 
-
-
 def build(case: dict) -> UNet:
     """Our UNet for a reference case, built from the flags as given (our defaults fill the rest)."""
     unet = UNet(openai_flags(case["repo"], **case["flags"]).unet_config())
