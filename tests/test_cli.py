@@ -115,6 +115,15 @@ def test_each_method_certifies_end_to_end(files, tmp_path, method):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # sidecar written atomically
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_runs_end_to_end(files, tmp_path, dtype):
+    out = tmp_path / f"{dtype}.tsv"
+    assert main(["certify", *model_args(files, "diffsmooth"), *SMALL, "--dtype", dtype, "--out", str(out)]) == 0
+    rows = io.read_certify(out)
+    assert [r.idx for r in rows] == [0, 1]
+    assert json.load(open(f"{out}.json"))["settings"]["dtype"] == dtype
+
+
 def halfspace_args(files, method: str) -> list[str]:
     """A TorchScript halfspace (predictions move with the noise), optionally behind the tiny diffusion model."""
     args = ["--dataset", "npz", "--data", files["half_data"], "--classifier", files["half"], "--method", method,
