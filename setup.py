@@ -54,7 +54,8 @@ def _want_cuda() -> bool:
 
 
 def _extensions() -> list:
-    core_sources = [os.path.join(CSRC, "core", "noise.cpp")]
+    core_sources = [os.path.join(CSRC, "core", f"{name}.cpp") for name in ("noise", "noisy_input", "denoise", "vote")]
+    cuda_sources = [os.path.join(CSRC, "cuda", f"{name}.cu") for name in ("noise", "noisy_input", "denoise", "vote")]
     ext = [
         cpp_extension.CppExtension(
             "diffsmooth_fast._C",
@@ -68,7 +69,7 @@ def _extensions() -> list:
         ext.append(
             cpp_extension.CUDAExtension(
                 "diffsmooth_fast._C_cuda",
-                sources=[os.path.join(CSRC, "bindings_cuda.cpp"), os.path.join(CSRC, "cuda", "noise.cu")],
+                sources=[os.path.join(CSRC, "bindings_cuda.cpp"), *cuda_sources],
                 include_dirs=[os.path.join(HERE, CSRC)],
                 extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
             )

@@ -1,6 +1,10 @@
 """Kernels of diffsmooth_fast: each has a plain-PyTorch reference (reference.py) and fast backends."""
 
+from .denoise import denoise_replicate
 from .dispatch import BACKENDS, resolve_backend, unavailable_reason
 from .noise import gaussian_noise
+from .noisy_input import noisy_input
+from .vote import vote
 
-__all__ = ["BACKENDS", "gaussian_noise", "resolve_backend", "unavailable_reason"]
+__all__ = ["BACKENDS", "denoise_replicate", "gaussian_noise", "noisy_input", "resolve_backend", "unavailable_reason",
+           "vote"]

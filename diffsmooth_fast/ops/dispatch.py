@@ -39,6 +39,19 @@ def _register_fakes() -> None:
     def _(out: torch.Tensor, seed: int, offset: int, stream: int) -> None:
         return None
 
+    @torch.library.register_fake("diffsmooth_fast::noisy_input_")
+    def _(out, x, noise, sigma, sqrt_abar, affine, seed, offset, stream) -> None:
+        return None
+
+    @torch.library.register_fake("diffsmooth_fast::denoise_replicate_")
+    def _(out, x_t, eps, local_noise, mean, std, m, sqrt_recip_abar, sqrt_recipm1_abar, local_sigma, seed, offset,
+          stream) -> None:
+        return None
+
+    @torch.library.register_fake("diffsmooth_fast::vote_")
+    def _(counts, logits, m) -> None:
+        return None
+
 
 @functools.cache
 def _triton_problem() -> str | None:

@@ -95,3 +95,94 @@ def gaussian_noise_ref(
         numel *= int(s)
     w0, w1, _, _ = philox_words_ref(*philox_counters(numel, offset, stream, device), seed)
     return box_muller_ref(uint_to_uniform_ref(w0), uint_to_uniform_ref(w1)).reshape(tuple(shape))
+
+
+def _in_format(y: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    """float32 result -> ``dtype`` (one rounding) in the requested memory format."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return y.to(dtype).contiguous(memory_format=fmt)
+
+
+def noisy_input_ref(
+    x: torch.Tensor,
+    batch: int,
+    sigma: float,
+    sqrt_abar: float = 1.0,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    stream: int = 0,
+    noise: torch.Tensor | None = None,
+    affine: bool = True,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """``batch`` noisy copies of one image, as the diffusion model takes them (Algorithm 3, line 1).
+
+    x: [C, H, W] in [0, 1]. Copy b uses eps_b = ``noise[b]`` or the standard normals at positions
+    offset + b*numel + e (e the row-major index within the image) of ``stream``. Returns [batch, C, H, W]:
+    ``sqrt_abar * (2*(x + sigma*eps_b) - 1)`` when ``affine``, else ``x + sigma*eps_b`` (Cohen's noisy input),
+    computed in float32 and rounded once to ``dtype``.
+    """
+    shape = (batch, *x.shape)
+    eps = noise.float() if noise is not None else gaussian_noise_ref(shape, seed, offset, stream=stream, device=x.device)
+    y = x.float().unsqueeze(0) + sigma * eps.reshape(shape)
+    if affine:
+        y = sqrt_abar * (2 * y - 1)
+    return _in_format(y, dtype, channels_last)
+
+
+def denoise_replicate_ref(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    sqrt_recip_abar: float,
+    sqrt_recipm1_abar: float,
+    m: int,
+    local_sigma: float,
+    *,
+    local_noise: torch.Tensor | None = None,
+    seed: int = 0,
+    offset: int = 0,
+    stream: int = 0,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """One-shot denoise (Algorithm 2, OpenAI's form) and m locally noised copies (Algorithm 3), normalised.
+
+    x_t, eps: [B, C, H, W] (any float dtype, read as float32). x0 = clamp(sqrt_recip_abar*x_t -
+    sqrt_recipm1_abar*eps, -1, 1), x_hat = (x0 + 1)/2 in [0, 1]. Row b*m + j of the result [B*m, C, H, W] is
+    ``(x_hat[b] + local_sigma*noise_j - mean)/std`` with mean, std: [C] (None: 0 and 1). The noise is
+    ``local_noise[j]`` for local_noise [m, C, H, W] (the same m for every sample), ``local_noise[b*m + j]``
+    for [B*m, C, H, W], or else the standard normals at positions offset + (b*m + j)*numel + e of ``stream``;
+    none at all when local_sigma == 0.
+    """
+    b, shape = x_t.shape[0], tuple(x_t.shape[1:])
+    x0 = torch.clamp(sqrt_recip_abar * x_t.float() - sqrt_recipm1_abar * eps.float(), -1, 1)
+    copies = ((x0 + 1) / 2).unsqueeze(1).expand(b, m, *shape)
+    if local_sigma != 0:
+        if local_noise is None:
+            noise = gaussian_noise_ref((b, m, *shape), seed, offset, stream=stream, device=x_t.device)
+        elif local_noise.shape[0] == m:
+            noise = local_noise.float()  # [m, C, H, W], broadcast over the samples
+        else:
+            noise = local_noise.float().reshape(b, m, *shape)
+        copies = copies + local_sigma * noise
+    y = copies.reshape(b * m, *shape)
+    if mean is not None:
+        y = y - mean.float().view(-1, 1, 1)
+    if std is not None:
+        y = y / std.float().view(-1, 1, 1)
+    return _in_format(y, dtype, channels_last)
+
+
+def vote_ref(logits: torch.Tensor, m: int, counts: torch.Tensor) -> None:
+    """counts[K] (int64) += one vote per sample: argmax over K of the mean softmax (float32) of its m rows.
+
+    logits: [B*m, K], rows b*m .. b*m+m-1 belong to sample b. Ties go to the first class (torch.argmax).
+    """
+    k = logits.shape[-1]
+    probs = torch.softmax(logits.float(), dim=-1).view(-1, m, k).mean(dim=1)
+    winners = probs.argmax(dim=-1)
+    counts.scatter_add_(0, winners, torch.ones_like(winners))

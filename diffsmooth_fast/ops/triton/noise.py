@@ -12,6 +12,20 @@ BLOCK = 1024
 
 
 @triton.jit
+def philox_normal(seed, pos, stream_lo, stream_hi):
+    """Standard normals at int64 positions ``pos`` of stream (stream_hi << 32 | stream_lo): the fused kernels'
+    generator, identical to csrc/core/philox.h's philox_normal."""
+    c0 = pos.to(tl.uint32)
+    c1 = (pos >> 32).to(tl.uint32)
+    zero = c0 * 0
+    c2 = zero + stream_lo.to(tl.uint32)
+    c3 = zero + stream_hi.to(tl.uint32)
+    w0, w1, _, _ = tl.philox(seed, c0, c1, c2, c3)
+    z, _ = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1))
+    return z
+
+
+@triton.jit
 def _gaussian_noise_kernel(
     out_ptr,  # *fp32, numel elements, written contiguously
     numel,  # number of elements to write
@@ -23,16 +37,7 @@ def _gaussian_noise_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64)
     idx = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    pos = idx + offset
-    c0 = pos.to(tl.uint32)
-    c1 = (pos >> 32).to(tl.uint32)
-    zero = c0 * 0
-    c2 = zero + stream_lo.to(tl.uint32)
-    c3 = zero + stream_hi.to(tl.uint32)
-    w0, w1, _, _ = tl.philox(seed, c0, c1, c2, c3)
-    u1 = tl.uint_to_uniform_float(w0)
-    u2 = tl.uint_to_uniform_float(w1)
-    z, _ = tl.pair_uniform_to_normal(u1, u2)
+    z = philox_normal(seed, idx + offset, stream_lo, stream_hi)
     tl.store(out_ptr + idx, z, mask=idx < numel)
 
 
