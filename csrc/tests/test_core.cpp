@@ -4,20 +4,12 @@
 #include <cstdio>
 #include <vector>
 
+#include "tests/check.h"
 #include "core/noise.h"
 #include "core/philox.h"
 
 namespace {
 
-int g_failures = 0;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                        \
-    }                                                                      \
-  } while (0)
 
 using diffsmooth::core::Philox4;
 using diffsmooth::core::philox4x32_10;
@@ -89,6 +81,6 @@ int main() {
   test_uniform_range();
   test_offsets_compose();
   test_normal_moments();
-  if (g_failures == 0) std::printf("core tests: all checks passed\n");
-  return g_failures == 0 ? 0 : 1;
+  if (diffsmooth_tests::failures == 0) std::printf("core tests: all checks passed\n");
+  return diffsmooth_tests::failures == 0 ? 0 : 1;
 }

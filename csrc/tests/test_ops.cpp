@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "tests/check.h"
 #include "core/denoise.h"
 #include "core/dtype.h"
 #include "core/noisy_input.h"
@@ -14,15 +15,6 @@
 
 namespace {
 
-int g_failures = 0;
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                  \
-    }                                                                                \
-  } while (0)
 
 using namespace diffsmooth::core;
 
@@ -157,6 +149,6 @@ int main() {
   test_noisy_input_positions();
   test_denoise_values();
   test_vote_example();
-  if (g_failures == 0) std::printf("ops tests: all checks passed\n");
-  return g_failures == 0 ? 0 : 1;
+  if (diffsmooth_tests::failures == 0) std::printf("ops tests: all checks passed\n");
+  return diffsmooth_tests::failures == 0 ? 0 : 1;
 }
