@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from .certify import SamplePositions, Smooth, noise_stream
-from .configs import DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination
+from .configs import DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination, resolve_models
 from .data import load_dataset
-from .demo import make_toy
+from .demo import digits, make_toy
 from .denoiser import Denoiser
 from .models.classifiers import load_classifier
 from .ops import gaussian_noise, resolve_backend
@@ -62,6 +62,7 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
     backend = resolve_backend(sampling.backend, device.type)
     dtype = DTYPES[models.dtype]
     exact = None
+    models = resolve_models(data, models, method)
     check_combination(data, models, method)
     if data.dataset == "toy":
         toy = make_toy()
@@ -69,7 +70,7 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
         classifier: nn.Module = toy.model
         exact = toy.exact_radius
     else:
-        images = load_dataset(data.dataset, data.path, data.split)
+        images = digits.test_set() if data.dataset == "demo" else load_dataset(data.dataset, data.path, data.split)
         stats = data.dataset if data.dataset in ("cifar10", "imagenet") else None
         classifier = load_classifier(models.classifier, stats, models.normalization,
                                      trust_checkpoint=models.trust_checkpoint)

@@ -2,7 +2,7 @@
 
 ``certify`` and ``predict`` map their options onto the run's settings (``configs``, ``pipeline.MethodConfig``)
 and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model options, ``certify`` runs the
-built-in toy problem (a linear classifier with known exact radii). Output is Cohen et al.'s TSV on stdout or
+demo: DiffSmooth with the package's own diffusion model and classifiers on the digits test split. Output is Cohen et al.'s TSV on stdout or
 --out; progress and a summary go to stderr. User errors print one line and exit with status 2.
 """
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import analyze, runner
-from .configs import ALL_DATASETS, DTYPES, DataConfig, ModelConfig, OutputConfig, SamplingConfig
+from .configs import (ALL_DATASETS, DTYPES, DataConfig, ModelConfig, OutputConfig, SamplingConfig, default_n,
+                      default_skip, resolve_models)
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
@@ -49,21 +50,26 @@ def _bool(text: str) -> bool:
 
 def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=ALL_DATASETS, help="images to use (default: the built-in toy problem "
-                      "when no model is given); demo is not available yet")
+    data.add_argument("--dataset", choices=ALL_DATASETS, help="images to use (default: demo, the built-in digits "
+                      "and their trained models, when no model or data is given); toy: a linear problem with exact "
+                      "radii")
     data.add_argument("--data", help="dataset path: CIFAR-10 folder or .tar.gz, ImageNet root, image folder, .npz")
     data.add_argument("--split", choices=["test", "train"], default="test", help="dataset split")
-    data.add_argument("--skip", type=int, default=1, help="use every skip-th image (the paper: 20 CIFAR, 100 ImageNet)")
+    data.add_argument("--skip", type=int, help="use every skip-th image (default 1; 5 on the demo; the paper: 20 "
+                      "CIFAR, 100 ImageNet)")
     data.add_argument("--max", type=int, default=-1, help="stop after this many images (-1: all)")
     model = p.add_argument_group("models")
-    model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser), dds, cohen "
-                       "(default without), local-only, multistep")
+    model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser and on the demo), "
+                       "dds, cohen (default otherwise), local-only, multistep")
     model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt file)")
     model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="flags of a known checkpoint "
                        "(default: the dataset's, for cifar10 and imagenet)")
     model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default="guided",
                        help="whose defaults fill the OpenAI flags not given")
     model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint, TorchScript file or module:function")
+    model.add_argument("--demo-classifier", type=float, choices=[0.0, 0.25, 0.5], metavar="NOISE",
+                       help="demo: the shipped classifier trained with this Gaussian noise (0, 0.25, 0.5; default: "
+                       "the one matching the noise the method's classifier sees)")
     model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"], default="auto",
                        help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
     model.add_argument("--dtype", choices=list(DTYPES), default="float32", help="models' precision")
@@ -81,8 +87,8 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     smooth.add_argument("--reverse-runs", type=int, default=5, help="multistep: reverse runs voted per sample")
     if command == "certify":
         smooth.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    smooth.add_argument("--n", type=int, default=10_000,
-                        help="estimation samples per image" if command == "certify" else "samples per image")
+    smooth.add_argument("--n", type=int, help=("estimation samples per image" if command == "certify" else
+                        "samples per image") + " (default 10000; 1000 on the demo)")
     smooth.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
     smooth.add_argument("--batch", type=int, default=1000, help="noisy samples per base-classifier call (the "
                         "classifier sees batch*m images)")
@@ -122,19 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodConfig, SamplingConfig, OutputConfig]:
     has_models = args.classifier is not None or args.denoiser is not None or args.data is not None
-    dataset = args.dataset or ("toy" if not has_models else None)
+    dataset = args.dataset or ("demo" if not has_models else None)
     if dataset is None:
         raise ValueError("--dataset is required with --data, --classifier or --denoiser (cifar10, imagenet, "
-                         "folder, npz)")
+                         "folder, npz; demo)")
     flags = tuple((f.name, getattr(args, f"flag_{f.name}")) for f in fields(OpenAIFlags)
                   if f.name != "defaults" and getattr(args, f"flag_{f.name}") is not None)
-    method = args.method or ("diffsmooth" if args.denoiser is not None else "cohen")
-    data = DataConfig(dataset, args.data, args.split, args.skip, args.max)
+    method = args.method or ("diffsmooth" if args.denoiser is not None or dataset == "demo" else "cohen")
+    skip = default_skip(dataset) if args.skip is None else args.skip
+    data = DataConfig(dataset, args.data, args.split, skip, args.max)
     models = ModelConfig(args.denoiser, args.denoiser_preset, args.denoiser_defaults, flags, args.classifier,
                          args.normalization, args.dtype, args.trust_checkpoint)
     smoothing = MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
                              args.reverse_steps, args.reverse_runs)
-    sampling = SamplingConfig(getattr(args, "n0", 100), args.n, args.alpha, args.batch, args.seed, args.backend,
+    models = resolve_models(data, models, smoothing, args.demo_classifier)
+    n = default_n(dataset) if args.n is None else args.n
+    sampling = SamplingConfig(getattr(args, "n0", 100), n, args.alpha, args.batch, args.seed, args.backend,
                               args.device)
     return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from .data import DATASETS
+from .demo import digits
 from .models.classifiers import NORMALIZATIONS
 from .models.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
 from .pipeline import MethodConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ALL_DATASETS = ("toy", *DATASETS, "demo")
+ALL_DATASETS = ("demo", "toy", *DATASETS)
+BUILT_IN = ("demo", "toy")  # datasets that ship with the package (no --data)
 
 
 def _int(name: str, value: object, minimum: int) -> int:
@@ -30,25 +32,26 @@ def _int(name: str, value: object, minimum: int) -> int:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which images: ``dataset`` (toy, cifar10, imagenet, folder, npz) at ``path``; every ``skip``-th image of
-    ``split`` from index 0, at most ``max`` of them (-1: all)."""
+    """Which images: ``dataset`` (demo, toy, cifar10, imagenet, folder, npz) at ``path``; every ``skip``-th image
+    of ``split`` from index 0, at most ``max`` of them (-1: all). ``demo`` is the digits test split and ``toy``
+    the linear toy problem, both built in."""
 
-    dataset: str = "toy"
+    dataset: str = "demo"
     path: str | None = None
     split: str = "test"
     skip: int = 1
     max: int = -1
 
     def __post_init__(self) -> None:
-        if self.dataset == "demo":
-            raise ValueError("--dataset demo is not available yet (its trained models ship later); run without "
-                             "--dataset for the built-in toy problem")
         if self.dataset not in ALL_DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(ALL_DATASETS)}")
-        if self.dataset == "toy" and self.path is not None:
-            raise ValueError("the toy problem is built in and takes no --data; name the dataset with --dataset")
-        if self.dataset != "toy" and self.path is None:
+        if self.dataset in BUILT_IN and self.path is not None:
+            raise ValueError(f"the {self.dataset} images are built in and take no --data; name the dataset with "
+                             f"--dataset")
+        if self.dataset not in BUILT_IN and self.path is None:
             raise ValueError(f"--dataset {self.dataset} needs --data PATH")
+        if self.dataset == "demo" and self.split != "test":
+            raise ValueError("the demo ships only its test split (--split test)")
         _int("--skip", self.skip, 1)
         _int("--max", self.max, -1)
 
@@ -138,6 +141,63 @@ class OutputConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+
+
+# Sampling defaults per dataset: the paper's (CIFAR-10 N=100,000 and ImageNet N=10,000 are chosen with --n) and
+# the demo's, sized so that its default run finishes in about a minute on 2 CPU cores.
+DEFAULT_N = {"demo": 1000}
+DEFAULT_SKIP = {"demo": 5}
+
+
+def default_n(dataset: str) -> int:
+    return DEFAULT_N.get(dataset, 10_000)
+
+
+def default_skip(dataset: str) -> int:
+    return DEFAULT_SKIP.get(dataset, 1)
+
+
+def demo_classifier_noise(method: MethodConfig) -> float:
+    """The shipped classifier a method gets on the demo: the one trained at the noise it sees most like.
+
+    ``cohen`` sees sigma; ``diffsmooth`` and ``local-only`` (the ablation keeps DiffSmooth's classifier) see
+    sigma' = local sigma + shift; ``dds`` and ``multistep`` see purified images and get the standard classifier
+    (DDS(Standard), as Carlini et al.). The nearest of ``digits.CLASSIFIER_NOISES`` is taken.
+    """
+    if method.method == "cohen":
+        target = method.sigma
+    elif method.uses_local_noise:
+        target = method.effective_local_sigma
+    else:
+        target = 0.0
+    return min(digits.CLASSIFIER_NOISES, key=lambda noise: (abs(noise - target), noise))
+
+
+def resolve_models(data: DataConfig, models: ModelConfig, method: MethodConfig,
+                   classifier_noise: float | None = None) -> ModelConfig:
+    """On the demo, the shipped checkpoints in place of those not given (``classifier_noise`` picks the
+    classifier; default :func:`demo_classifier_noise`); other datasets' models are returned as they are.
+
+    Raises:
+        ValueError: ``classifier_noise`` off the demo or not shipped, or the package's demo files are missing.
+    """
+    if data.dataset != "demo":
+        if classifier_noise is not None:
+            raise ValueError("--demo-classifier picks one of the demo's classifiers: use it with --dataset demo")
+        return models
+    if classifier_noise is not None and models.classifier is not None:
+        raise ValueError("give --classifier or --demo-classifier, not both")
+    denoiser, classifier = models.denoiser, models.classifier
+    if denoiser is None and method.uses_denoiser:
+        denoiser = str(digits.DIFFUSION_CHECKPOINT)
+    if classifier is None:
+        noise = demo_classifier_noise(method) if classifier_noise is None else classifier_noise
+        classifier = str(digits.classifier_checkpoint(noise))
+    for path in (denoiser, classifier):
+        if path is not None and path.startswith(str(digits.FILES)) and not os.path.isfile(path):
+            raise ValueError(f"the demo's model {os.path.relpath(path, digits.FILES)} is missing from the installed "
+                             f"package; reinstall diffsmooth_fast (or rerun python -m diffsmooth_fast.demo.train)")
+    return replace(models, denoiser=denoiser, classifier=classifier)
 
 
 def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfig) -> None:

@@ -19,7 +19,8 @@ import torch
 
 from . import __version__, io, resume, stats
 from .build import Job, build_job
-from .configs import DataConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination, result_settings
+from .configs import (DataConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination, resolve_models,
+                      result_settings)
 from .pipeline import MethodConfig
 from .progress import Progress
 
@@ -38,6 +39,7 @@ def run(command: str, data: DataConfig, models: ModelConfig, method: MethodConfi
     if command == "certify" and sampling.n < sampling.n0:
         raise ValueError(f"--n {sampling.n} is below --n0 {sampling.n0}: n estimation samples bound the "
                          f"probability, n0 only select the class (swapped?)")
+    models = resolve_models(data, models, method)  # the demo's shipped checkpoints where none is given
     check_combination(data, models, method)
     header = io.CERTIFY_HEADER if command == "certify" else io.PREDICT_HEADER
     exists = resume.preflight(output.out, resume=output.resume, overwrite=output.overwrite)

@@ -57,7 +57,7 @@ def strip_time(path) -> list[str]:
 
 def test_certify_toy_writes_cohen_tsv(tmp_path, capsys):
     out = tmp_path / "runs" / "toy.tsv"  # the directory does not exist yet
-    rc = main(["certify", "--n0", "20", "--n", "2000", "--alpha", "0.01", "--skip", "3", "--max", "5",
+    rc = main(["certify", "--dataset", "toy", "--n0", "20", "--n", "2000", "--alpha", "0.01", "--skip", "3", "--max", "5",
                "--batch", "512", "--out", str(out)])
     assert rc == 0
     rows = io.read_certify(out)
@@ -72,7 +72,7 @@ def test_certify_toy_writes_cohen_tsv(tmp_path, capsys):
 
 
 def test_certify_to_stdout_is_deterministic(capsys):
-    args = ["certify", "--n0", "10", "--n", "500", "--max", "3", "--quiet", "--seed", "4"]
+    args = ["certify", "--dataset", "toy", "--n0", "10", "--n", "500", "--max", "3", "--quiet", "--seed", "4"]
     assert main(args) == 0
     first = capsys.readouterr()
     assert main(args + ["--batch", "37"]) == 0  # same seed, other batch size: same rows but for the time
@@ -193,7 +193,8 @@ ERRORS = [
     (["--n0", "100", "--n", "50"], "below --n0"),
     (["--method", "denoise"], "invalid choice: 'denoise'"),
     (["--classifier", "{nan}"], "NaN"),
-    (["--dataset", "demo"], "not available yet"),
+    (["--dataset", "demo"], "built in and take no --data"),
+    (["--demo-classifier", "0.25"], "use it with --dataset demo"),
     (["--dataset", "cifar10", "--data", "nowhere"], "no such file or directory"),
     (["--alpha", "1.5"], "--alpha"),
     (["--batch", "0"], "--batch"),
@@ -226,13 +227,13 @@ def test_user_errors_are_one_line_and_touch_nothing(files, tmp_path, capsys, ext
 def test_output_directory_not_writable(files, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    assert main(["certify", *SMALL, "--out", str(blocker / "sub" / "out.tsv")]) == 2
+    assert main(["certify", "--dataset", "toy", *SMALL, "--out", str(blocker / "sub" / "out.tsv")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a directory" in err and "\n" not in err
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert main(["certify", *SMALL, "--out", str(locked / "out.tsv")]) == 2
+        assert main(["certify", "--dataset", "toy", *SMALL, "--out", str(locked / "out.tsv")]) == 2
         assert "not writable" in capsys.readouterr().err
 
 
@@ -241,5 +242,5 @@ def test_a_missing_dataset_or_classifier_is_named(files, capsys):
     assert "--dataset is required" in capsys.readouterr().err
     assert main(["certify", "--dataset", "npz", "--data", files["data"], *SMALL]) == 2
     assert "--classifier is required" in capsys.readouterr().err
-    assert main(["certify", "--method", "dds", *SMALL]) == 2
+    assert main(["certify", "--dataset", "toy", "--method", "dds", *SMALL]) == 2
     assert "toy problem has no diffusion model" in capsys.readouterr().err

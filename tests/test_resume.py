@@ -23,8 +23,8 @@ from .tiny_models import save_halfspace, save_unet, unet_cli_flags
 HEADER = "\t".join(io.CERTIFY_HEADER) + "\n"
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 # The kill test needs images slow enough to be killed between two of them; the others run fast.
-SLOW_TOY = ["certify", "--n0", "50", "--n", "20000", "--batch", "10000", "--max", "6", "--seed", "3", "--quiet"]
-TOY = ["certify", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "6", "--seed", "3", "--quiet"]
+SLOW_TOY = ["certify", "--dataset", "toy", "--n0", "50", "--n", "20000", "--batch", "10000", "--max", "6", "--seed", "3", "--quiet"]
+TOY = ["certify", "--dataset", "toy", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "6", "--seed", "3", "--quiet"]
 
 
 def strip_time(path) -> list[str]:

@@ -29,11 +29,15 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The demo's digits (diffsmooth_fast.demo.digits: grey in all three channels, train-split statistics).
+DIGITS_MEAN = (0.3054,) * 3
+DIGITS_STD = (0.3761,) * 3
 # SmoothAdv normalises its ImageNet-32 models with the CIFAR-10 constants (code/datasets.py, get_normalize_layer).
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "imagenet32": (CIFAR10_MEAN, CIFAR10_STD),
+    "digits": (DIGITS_MEAN, DIGITS_STD),
 }
 NORMALIZATIONS = ("normalize", "center", "none")
 
@@ -104,7 +108,7 @@ def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, no
             - ``package.module:function``: the module is imported and ``function()`` must return an ``nn.Module``.
             TorchScript and ``module:function`` models are the user's own: they are expected to include their
             preprocessing, so ``auto`` gives them no normalisation layer.
-        dataset: ``cifar10``, ``imagenet``, ``imagenet32`` or None (the arch's own dataset); picks mean and std.
+        dataset: ``cifar10``, ``imagenet``, ``imagenet32``, ``digits`` or None (the arch's own dataset); picks mean and std.
         normalization: ``normalize``, ``center``, ``none``, or ``auto`` (see ``choose_normalization``; the choice
             is logged). A wrong choice is not detected by anything: accuracy silently collapses.
         trust_checkpoint: allow files that need arbitrary code to unpickle (for example a pickled model or a
@@ -157,16 +161,19 @@ def choose_normalization(arch: str | None, path: str) -> tuple[str, str, int]:
     rule reads the folder layout each project uses for its released models:
 
     1. user models (TorchScript, ``module:function``, a pickled module): ``none``, they own their preprocessing;
-    2. ``imagenet32_resnet110``, or a path through ``imagenet32/``, ``finetune_cifar_from_imagenet*/`` or
+    2. the demo's ``digits_resnet14``: ``normalize`` (how ``diffsmooth_fast.demo.train`` trains it);
+    3. ``imagenet32_resnet110``, or a path through ``imagenet32/``, ``finetune_cifar_from_imagenet*/`` or
        ``self_training*/``: ``normalize`` (SmoothAdv's fully normalised models; it has no centering layer for
        ImageNet-32);
-    3. a path through SmoothAdv's model folders (``pretrained_models/``, ``PGD_<k>step(s)*/``, ``DDN_<k>steps*/``,
+    4. a path through SmoothAdv's model folders (``pretrained_models/``, ``PGD_<k>step(s)*/``, ``DDN_<k>steps*/``,
        ``eps_<k>/``, ``replication/``): ``center``, SmoothAdv's default input-centering layer;
-    4. otherwise ``normalize``, Cohen et al.'s layer: logged at INFO when the path has Cohen's layout
+    5. otherwise ``normalize``, Cohen et al.'s layer: logged at INFO when the path has Cohen's layout
        (``<dataset>/<resnetN>/noise_<sigma>/``), at WARNING when nothing in the path tells.
     """
     if arch is None:
         return "none", "a user model is expected to normalise its own input", logging.INFO
+    if arch == "digits_resnet14":
+        return "normalize", "the demo's digits classifiers are trained with full normalization", logging.INFO
     parts = [part.lower() for part in re.split(r"[\\/]+", os.path.abspath(path))[:-1]]
     if arch == "imagenet32_resnet110" or any(
         part == "imagenet32" or part.startswith(("finetune_cifar_from_imagenet", "self_training")) for part in parts

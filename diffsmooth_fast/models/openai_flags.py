@@ -297,11 +297,17 @@ PRESETS: dict[str, OpenAIFlags] = {
         class_cond=False, diffusion_steps=1000, noise_schedule="linear", use_fp16=True,
         use_new_attention_order=False,
     ),
+    # the demo's own model for 8x8 digits (diffsmooth_fast/demo/train.py): 1.08 M parameters
+    "demo": openai_flags(
+        "guided", image_size=8, num_channels=32, num_res_blocks=2, channel_mult="1,2", attention_resolutions="4",
+        num_head_channels=32, use_scale_shift_norm=True, dropout=0.0, learn_sigma=False, diffusion_steps=1000,
+        noise_schedule="cosine",
+    ),
 }
 
 
 def preset(name: str) -> OpenAIFlags:
-    """The flags of a named checkpoint: ``"cifar10"`` or ``"imagenet"``."""
+    """The flags of a named checkpoint: ``"cifar10"``, ``"imagenet"`` or ``"demo"`` (the shipped digits model)."""
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), PRESETS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -96,11 +96,13 @@ class CifarResNet(nn.Module):
         depth: 20, 32, 44, 56, 110, ... (``(depth - 2) % 6 == 0``).
         num_classes: size of the logits.
 
-    Forward: x [B, 3, 32, 32] (normalised) -> logits [B, num_classes]. The final ``AvgPool2d(8)`` assumes 32x32
-    inputs, as the reference does.
+        global_pool: average over the whole final map instead of Cohen's ``AvgPool2d(8)``, which assumes 32x32
+            inputs as the reference does.
+
+    Forward: x [B, 3, H, W] (normalised) -> logits [B, num_classes].
     """
 
-    def __init__(self, depth: int = 110, num_classes: int = 10) -> None:
+    def __init__(self, depth: int = 110, num_classes: int = 10, *, global_pool: bool = False) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 56, 110, ...), got {depth}")
@@ -111,7 +113,8 @@ class CifarResNet(nn.Module):
         self.layer1 = _stage(BasicBlock, 16, 16, n, stride=1)
         self.layer2 = _stage(BasicBlock, 16, 32, n, stride=2)
         self.layer3 = _stage(BasicBlock, 32, 64, n, stride=2)
-        self.avgpool = nn.AvgPool2d(8)
+        # Cohen's AvgPool2d(8) fixes the input at 32x32; the global pool (no tensors, same keys) takes any size.
+        self.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.AvgPool2d(8)
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +172,12 @@ def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes)
 
 
+def digits_resnet14(num_classes: int = 10) -> CifarResNet:
+    """The demo's classifier for 8x8 digits (``diffsmooth_fast.demo``): Cohen's CIFAR ResNet of depth 14 (2
+    blocks per stage, 8x8 -> 4x4 -> 2x2) with a global average pool; 0.17 M parameters."""
+    return CifarResNet(14, num_classes, global_pool=True)
+
+
 # The ``arch`` strings Cohen et al. and SmoothAdv write into their checkpoints, with the dataset whose
 # normalisation constants they were trained with.
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
@@ -176,12 +185,14 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "cifar_resnet110": cifar_resnet110,
     "imagenet32_resnet110": imagenet32_resnet110,
     "resnet50": resnet50,
+    "digits_resnet14": digits_resnet14,
 }
 ARCH_DATASET: dict[str, str] = {
     "cifar_resnet20": "cifar10",
     "cifar_resnet110": "cifar10",
     "imagenet32_resnet110": "imagenet32",
     "resnet50": "imagenet",
+    "digits_resnet14": "digits",
 }
 
 
