@@ -49,11 +49,14 @@ void denoise_impl(const DenoiseArgs& a) {
         gather_row(eps + b * se[0] + c * se[1] + h * se[2], se[3], W, eps_row.data() + c * W);
       }
       for (int64_t i = 0; i < C * W; ++i) {
-        const float x0 = c_x * x_hat[i] - c_eps * eps_row[i];
-        // Ternaries, not std::clamp/fmin: NaN must pass through so the caller's finiteness check sees it
-        // (GCC turns exactly this form into minps/maxps with the NaN-preserving operand order).
-        const float clamped = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-        x_hat[i] = (clamped + 1.0f) * 0.5f;  // exactly (x0 + 1)/2
+        float v = c_x * x_hat[i] - c_eps * eps_row[i];
+        // Two unconditional selects, not std::clamp/fmin: NaN must pass through (each comparison is false
+        // for NaN) so the caller's finiteness check sees it. A nested ternary would evaluate its second
+        // comparison only on one branch; under the default -ftrapping-math GCC then keeps the branches
+        // (scalar code, a misprediction per element of random sign) instead of emitting maxps/minps.
+        v = v < -1.0f ? -1.0f : v;
+        v = v > 1.0f ? 1.0f : v;
+        x_hat[i] = (v + 1.0f) * 0.5f;  // exactly (x0 + 1)/2
       }
       for (int64_t j = 0; j < m; ++j) {
         const int64_t r = b * m + j;  // output row
