@@ -269,22 +269,31 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
 
-    def report(name: str, dtype: str, batch: int, timing: dict) -> dict:
-        run = {"name": name, "dtype": dtype, "batch": batch, **timing}
-        run = summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample)
-        record["runs"].append(run)
+    def measure(name: str, dtype: str, batch: int, certify: Callable, warm_samples: int) -> None:
+        """Time one run and record it; a failure (out of memory, NaN in a low precision) is recorded, not fatal,
+        so that one command still reports every other run."""
+        run: dict = {"name": name, "dtype": dtype, "batch": batch}
+        try:
+            run.update(time_certify(certify, images, setup.n0, n, warm_samples, device))
+        except (RuntimeError, ValueError) as exc:
+            run["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            record["runs"].append(run)
+            print(f"{name:8s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
+            return
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        record["runs"].append(summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample))
         print(f"{name:8s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
               f"{' (extrapolated)' if run['extrapolated'] else ''}, {run['samples_per_second']:10.1f} samples/s, "
               f"MFU {100 * run['mfu']:6.2f}%", flush=True)
-        return run
 
     if not args.skip_baseline:
         baseline = PaperBaseline(denoiser, classifier, num_classes=setup.num_classes, sigma=args.sigma,
                                  local_sigma=local_sigma, m=args.m, image_shape=tuple(images.shape[1:]),
                                  batch=args.baseline_batch, seed=args.seed)
-        report("baseline", "float32", args.baseline_batch,
-               time_certify(lambda x, idx, n0_, n_: baseline.certify(x, n0_, n_, args.alpha), images, setup.n0, n,
-                            min(warm, args.baseline_batch), device))
+        measure("baseline", "float32", args.baseline_batch,
+                lambda x, idx, n0_, n_: baseline.certify(x, n0_, n_, args.alpha), min(warm, args.baseline_batch))
         del baseline
     method = MethodConfig("diffsmooth", sigma=args.sigma, local_sigma_shift=setup.local_sigma_shift, m=args.m,
                           local_noise="fixed")
@@ -294,16 +303,14 @@ def main(argv: list[str] | None = None) -> dict:
         clf = copy.deepcopy(classifier).to(dtype)
         smooth = Smooth(PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype), setup.num_classes,
                         args.sigma, seed=args.seed)
-        report("engine", name, engine_batch,
-               time_certify(lambda x, idx, n0_, n_: smooth.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
-                            images, setup.n0, n, warm, device))
+        measure("engine", name, engine_batch,
+                lambda x, idx, n0_, n_: smooth.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx), warm)
         del den, clf, smooth
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
-    base = next((r for r in record["runs"] if r["name"] == "baseline"), None)
+    done = [r for r in record["runs"] if "error" not in r]
+    base = next((r for r in done if r["name"] == "baseline"), None)
     record["speedup"] = {r["dtype"]: base["seconds_per_image"] / r["seconds_per_image"]
-                         for r in record["runs"] if r["name"] == "engine"} if base else {}
+                         for r in done if r["name"] == "engine"} if base else {}
     for dtype, ratio in record["speedup"].items():
         print(f"speedup of the engine in {dtype} over the baseline: {ratio:.2f}x")
     path = args.json or os.path.join(

@@ -106,6 +106,9 @@ for path in sorted(glob.glob(os.path.join(out, "end_to_end-*.json"))):
     print(f"{s['setup']} on {r['device']['name']}: N={s['N']} (measured n={s['n']}), n0={s['n0']}, m={s['m']}, "
           f"{s['images']} images")
     for run in r["runs"]:
+        if "error" in run:
+            print(f"  {run['name']:8s} {run['dtype']:8s} batch {run['batch']:5d}: FAILED: {run['error']}")
+            continue
         mem = run["peak_gpu_memory_bytes"]
         print(f"  {run['name']:8s} {run['dtype']:8s} batch {run['batch']:5d}: {run['seconds_per_image']:9.2f} s/image "
               f"{run['samples_per_second']:9.1f} samples/s  MFU {100 * run['mfu']:5.1f}%  "

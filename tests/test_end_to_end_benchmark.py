@@ -127,6 +127,23 @@ def test_gpu_run_script_dry_run(tiny_run):
     assert "speedup bfloat16: " in (path.parent / "summary.txt").read_text()
 
 
+def test_a_failing_run_is_recorded(e2e, tmp_path, monkeypatch, capsys):
+    """One run failing (out of memory, NaN in float16) leaves an error entry and the other runs' results."""
+
+    class Broken(e2e.Smooth):
+        def certify(self, *args, **kwargs):
+            raise ValueError("base classifier returned NaN or infinite logits\nsecond line")
+
+    monkeypatch.setattr(e2e, "Smooth", Broken)
+    path = tmp_path / "broken.json"
+    record = e2e.main(["--device", "cpu", "--quick", "--tiny", "--images", "1", "--skip-baseline", "--dtype",
+                       "float16", "--json", str(path)])
+    assert json.loads(path.read_text()) == record
+    assert record["runs"] == [{"name": "engine", "dtype": "float16", "batch": 16,
+                               "error": "ValueError: base classifier returned NaN or infinite logits"}]
+    assert record["speedup"] == {} and "FAILED" in capsys.readouterr().out
+
+
 def test_rejects_bad_counts(e2e):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--images", "0"])
