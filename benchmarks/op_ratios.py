@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "cpu_count": os.cpu_count(), "rows": rows}, f, indent=1)
+            json.dump({"torch": torch.__version__, "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+                       "rows": rows}, f, indent=1)
     return 0
 
 
