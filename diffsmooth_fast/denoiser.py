@@ -68,6 +68,11 @@ class Denoiser(nn.Module):
     ``den(x_noisy, sigma)`` maps x_noisy [B, C, H, W] (images in [0, 1] plus N(0, sigma^2) noise) to denoised
     images [B, C, H, W] in [0, 1]. Build one with :meth:`from_openai` or :meth:`from_preset`.
 
+    For speed on a GPU the model may run in channels_last (``den.to(memory_format=torch.channels_last)`` and
+    channels_last inputs: the same function, outputs in channels_last) and/or with float32 weights under
+    ``torch.autocast`` (convolutions and attention in the autocast dtype, GroupNorm in float32, outputs in the
+    input's dtype); tests/test_unet.py checks both against the reference.
+
     Args:
         unet: the network, its weights loaded.
         flags: the OpenAI flags it was built with.

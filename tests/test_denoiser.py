@@ -154,6 +154,24 @@ def test_reduced_precision(tmp_path, dtype, tol):
     assert not torch.equal(d_low, d_ref)  # it really ran in the lower precision
 
 
+def test_channels_last_and_autocast(tmp_path):
+    """The engine's GPU settings on the denoiser: channels_last model and input, float32 weights under autocast.
+    channels_last alone is the same function; with autocast the error is that of a bfloat16 model."""
+    path = save(tmp_path, state_for(**SMALL))
+    ref, fast = Denoiser.from_openai(path, **SMALL), Denoiser.from_openai(path, **SMALL)
+    fast.to(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) + 0.25 * torch.randn(2, 3, 32, 32)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        d_ref, d_cl = ref(x, 0.25), fast(x_cl, 0.25)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            d_auto = fast(x_cl, 0.25)
+    assert d_cl.is_contiguous(memory_format=torch.channels_last)
+    assert (d_cl - d_ref).abs().max() < 1e-5
+    assert d_auto.dtype == torch.float32 and 0 < (d_auto - d_ref).abs().max() < 0.05
+
+
 # --- presets and flags ----------------------------------------------------------------------------------------
 
 def test_presets():

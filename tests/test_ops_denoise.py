@@ -58,14 +58,15 @@ def test_fixed_noise(backend, dtype, channels_last, shape, batch, m):
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("mode", ["per-copy", "none", "centering", "no-norm"])
+@pytest.mark.parametrize("mode", ["per-copy", "none", "centering", "no-norm", "mean-only"])
 def test_other_modes(backend, channels_last, mode):
     """Explicit per-copy noise, sigma' = 0 (DDS), input centering (std all ones) and no normalisation."""
     batch, m, shape = 3, 3, (3, 7, 5)
     x_t, eps = _unet_output(batch, shape, torch.float32, not channels_last, seed=2)  # other format than out
     noise = torch.randn((batch * m, *shape))
     kw = {"per-copy": dict(local_noise=noise, mean=MEAN, std=STD), "none": dict(mean=MEAN, std=STD),
-          "centering": dict(local_noise=noise, mean=MEAN, std=torch.ones(3)), "no-norm": dict(local_noise=noise)}[mode]
+          "centering": dict(local_noise=noise, mean=MEAN, std=torch.ones(3)), "no-norm": dict(local_noise=noise),
+          "mean-only": dict(local_noise=noise[:m], mean=MEAN)}[mode]
     local_sigma = 0.0 if mode == "none" else 0.5
     device = device_of(backend)
     moved = {k: v.to(device) if k == "local_noise" else v for k, v in kw.items()}
@@ -101,6 +102,23 @@ def test_edge_cases(backend):
     assert got[0, 0, 0, :3].tolist() == [1.0, 1.0, 0.0] and got[0, 0, 0, 3].isnan()
     wide = denoise_replicate(x_t.half(), eps.float(), 2.0, 2.0, 2, 0.0, dtype=torch.bfloat16, backend=backend)
     assert wide.dtype == torch.bfloat16 and wide.shape == (2, 1, 1, 4)  # mixed input dtypes are promoted
+
+
+@pytest.mark.parametrize("backend", [FAST[0]])  # C++: runs of 32 take the vector loops, not only their tails
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cifar_sized_fixed(backend, dtype, channels_last):
+    """The benchmark's shape in fixed mode, with clamped values, NaN and -0.0 in the inputs."""
+    x_t, eps = _unet_output(6, (3, 32, 32), dtype, channels_last, seed=6)
+    x_t[0, 0, 0, :4] = torch.tensor([float("nan"), 9.0, -9.0, -0.0], dtype=dtype)
+    noise = torch.randn((5, 3, 32, 32), generator=torch.Generator().manual_seed(7))
+    got = denoise_replicate(x_t, eps, C_X, C_EPS, 5, 0.28, local_noise=noise, mean=MEAN, std=STD, dtype=dtype,
+                            channels_last=channels_last, backend=backend)
+    ref32 = denoise_replicate_ref(x_t, eps, C_X, C_EPS, 5, 0.28, local_noise=noise, mean=MEAN, std=STD)
+    assert got[:5, 0, 0, 0].isnan().all() and not got[5:].isnan().any()
+    lowp = naive(x_t, eps, 5, 0.28, noise.repeat(6, 1, 1, 1), MEAN, STD, dtype)
+    got[:5, 0, 0, 0] = ref32[:5, 0, 0, 0] = lowp[:5, 0, 0, 0] = 0.0
+    check_output(got, ref32, lowp, dtype, channels_last, backend)
 
 
 @pytest.mark.parametrize("backend", FAST)

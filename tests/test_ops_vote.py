@@ -33,6 +33,32 @@ def test_matches_reference(backend, dtype, m, batch, classes):
     assert int((got - start).sum()) == batch
 
 
+@pytest.mark.parametrize("backend", [FAST[0]])  # C++ only: the Triton interpreter takes a minute at these sizes
+@pytest.mark.parametrize("batch,m,classes", [(250, 5, 10), (1500, 5, 10), (3, 7, 400)],
+                         ids=["cifar-blocks", "threaded", "sample-per-block"])
+def test_block_sizes(backend, batch, m, classes):
+    """The C++ kernel's blocks of samples: a partial last block, the OpenMP path, samples larger than a block."""
+    gen = torch.Generator().manual_seed(batch + m)
+    logits = 4 * torch.randn((batch * m, classes), generator=gen)
+    want = torch.zeros(classes, dtype=torch.int64)
+    vote_ref(logits, m, want)
+    assert torch.equal(_counts(logits.to(device_of(backend)), m, backend, torch.zeros(classes, dtype=torch.int64)),
+                       want)
+
+
+@pytest.mark.parametrize("backend", ["torch", *FAST])
+def test_extreme_logits(backend):
+    """-inf logits, spreads far beyond exp's range (probabilities that underflow to 0) and huge magnitudes."""
+    inf = float("inf")
+    logits = torch.tensor([[-inf, 0.0, -inf, -1.0], [-inf, -inf, -inf, 5.0],    # sample 0: class 3
+                           [1e30, -1e30, 0.0, 1e30], [0.0, 0.0, 0.0, 0.0],     # sample 1: tie 0/3 -> 0
+                           [-300.0, -200.0, -90.0, -100.0], [0.0, -120.0, -0.5, -0.6]])  # sample 2: class 2
+    got = _counts(logits.to(device_of(backend)), 2, backend, torch.zeros(4, dtype=torch.int64))
+    want = torch.zeros(4, dtype=torch.int64)
+    vote_ref(logits, 2, want)
+    assert got.tolist() == want.tolist() == [1, 0, 1, 1]
+
+
 @pytest.mark.parametrize("backend", ["torch", *FAST])
 def test_mean_of_softmax_not_majority(backend):
     """Two copies pick class 0 narrowly, one picks class 2 overwhelmingly: the mean softmax picks class 2."""

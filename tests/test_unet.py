@@ -130,3 +130,36 @@ def test_class_labels_required_iff_class_conditional():
     unet = build(case)
     with pytest.raises(ValueError, match="class"):
         unet(case["x"], case["t"])
+
+
+# --- the formats a GPU engine runs: channels_last memory, autocast over float32 weights -----------------------
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_channels_last_is_the_same_function(case):
+    """Model and input in channels_last (cuDNN's fast layout): the reference's outputs, in channels_last."""
+    unet = build(case).to(memory_format=torch.channels_last)
+    x = case["x"].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = unet(x, case["t"], case["y"])
+    ref = case["out"]
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", CASES[:4], ids=[c["name"] for c in CASES[:4]])
+def test_autocast_over_float32_weights(case, dtype, channels_last):
+    """float32 weights under torch.autocast: the output comes back in the input's dtype, and its error against
+    the float32 reference is at most twice that of the model held in dtype (the project's precision rule)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    unet = build(case).to(memory_format=fmt)
+    x = case["x"].contiguous(memory_format=fmt)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=dtype):
+            out = unet(x, case["t"], case["y"])
+        held = build(case).to(dtype)(case["x"], case["t"], case["y"])
+    ref = case["out"]
+    assert out.dtype == torch.float32 and all(p.dtype == torch.float32 for p in unet.parameters())
+    err, err_held = (out - ref).abs().max().item(), (held.float() - ref).abs().max().item()
+    assert 0 < err <= 2 * err_held, (err, err_held)  # 0 < err: it really ran in the lower precision

@@ -21,6 +21,19 @@ inline void gather_row(const T* src, int64_t stride, int64_t n, float* dst) {
   }
 }
 
+// One W-long run of an output row, in one pass: dst[w] = (x_hat[w] + local_sigma*noise[w] - mu) / sd, in the
+// reference's order of operations (noise == nullptr: no noise term). Division, not a multiplication by 1/sd:
+// the values stay those of the reference.
+template <typename TOut>
+inline void finish_run(TOut* __restrict dst, const float* __restrict x_hat, const float* __restrict noise,
+                       float local_sigma, float mu, float sd, int64_t W) {
+  if (noise != nullptr) {
+    for (int64_t w = 0; w < W; ++w) store(dst + w, (x_hat[w] + local_sigma * noise[w] - mu) / sd);
+  } else {
+    for (int64_t w = 0; w < W; ++w) store(dst + w, (x_hat[w] - mu) / sd);
+  }
+}
+
 template <typename TIn, typename TOut>
 void denoise_impl(const DenoiseArgs& a) {
   const int64_t C = a.channels, H = a.height, W = a.width, HW = H * W, numel = C * HW, m = a.m;
@@ -37,7 +50,7 @@ void denoise_impl(const DenoiseArgs& a) {
 #pragma omp parallel
   {
     std::vector<float> x_hat(static_cast<size_t>(C * W)), eps_row(static_cast<size_t>(C * W)),
-        row(static_cast<size_t>(C * W));
+        row(static_cast<size_t>(C * W)), drawn(static_cast<size_t>(W));
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < a.batch * H; ++item) {
       const int64_t b = item / H, h = item % H;
@@ -49,40 +62,37 @@ void denoise_impl(const DenoiseArgs& a) {
         gather_row(eps + b * se[0] + c * se[1] + h * se[2], se[3], W, eps_row.data() + c * W);
       }
       for (int64_t i = 0; i < C * W; ++i) {
-        const float x0 = c_x * x_hat[i] - c_eps * eps_row[i];
-        // Ternaries, not std::clamp/fmin: NaN must pass through so the caller's finiteness check sees it
-        // (GCC turns exactly this form into minps/maxps with the NaN-preserving operand order).
-        const float clamped = x0 < -1.0f ? -1.0f : (x0 > 1.0f ? 1.0f : x0);
-        x_hat[i] = (clamped + 1.0f) * 0.5f;  // exactly (x0 + 1)/2
+        float v = c_x * x_hat[i] - c_eps * eps_row[i];
+        // Two unconditional selects, not std::clamp/fmin: NaN must pass through (each comparison is false
+        // for NaN) so the caller's finiteness check sees it. A nested ternary would evaluate its second
+        // comparison only on one branch; under the default -ftrapping-math GCC then keeps the branches
+        // (scalar code, a misprediction per element of random sign) instead of emitting maxps/minps.
+        v = v < -1.0f ? -1.0f : v;
+        v = v > 1.0f ? 1.0f : v;
+        x_hat[i] = (v + 1.0f) * 0.5f;  // exactly (x0 + 1)/2
       }
       for (int64_t j = 0; j < m; ++j) {
         const int64_t r = b * m + j;  // output row
         for (int64_t c = 0; c < C; ++c) {
           const int64_t e0 = c * HW + h * W;
-          const float* xh = x_hat.data() + c * W;
-          float* z = row.data() + c * W;
-          if (noisy) {
-            const float* noise = z;
-            if (a.local_noise != nullptr) {
-              noise = a.local_noise + (a.noise_per_copy ? r : j) * numel + e0;
-            } else {
-              gaussian_noise_run(z, W, a.seed, a.offset + static_cast<uint64_t>(r * numel + e0), a.stream);
-            }
-            for (int64_t w = 0; w < W; ++w) z[w] = xh[w] + local_sigma * noise[w];
+          const float* noise = nullptr;
+          if (noisy && a.local_noise != nullptr) {
+            noise = a.local_noise + (a.noise_per_copy ? r : j) * numel + e0;
+          } else if (noisy) {
+            gaussian_noise_run(drawn.data(), W, a.seed, a.offset + static_cast<uint64_t>(r * numel + e0), a.stream);
+            noise = drawn.data();
+          }
+          // Identity normalisation as 0 and 1 is exact (x - 0 and x / 1 round to x).
+          const float mu = a.mean != nullptr ? a.mean[c] : 0.0f, sd = a.std != nullptr ? a.std[c] : 1.0f;
+          // NCHW: straight into the output (one pass, no row copy); channels_last: into the row buffer,
+          // transposed by store_row below.
+          if (a.channels_last) {
+            finish_run(row.data() + c * W, x_hat.data() + c * W, noise, local_sigma, mu, sd, W);
           } else {
-            std::copy(xh, xh + W, z);
-          }
-          // Skipping an identity normalisation is exact (x - 0 and x / 1 round to x).
-          if (a.mean != nullptr) {
-            const float mu = a.mean[c];
-            for (int64_t w = 0; w < W; ++w) z[w] -= mu;
-          }
-          if (a.std != nullptr) {
-            const float sd = a.std[c];
-            for (int64_t w = 0; w < W; ++w) z[w] /= sd;  // division, not a reciprocal: as the reference
+            finish_run(out + r * numel + e0, x_hat.data() + c * W, noise, local_sigma, mu, sd, W);
           }
         }
-        store_row(out + r * numel, row.data(), C, H, W, h, a.channels_last);
+        if (a.channels_last) store_row(out + r * numel, row.data(), C, H, W, h, true);
       }
     }
   }

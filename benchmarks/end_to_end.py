@@ -1,0 +1,326 @@
+"""End-to-end certification benchmark: this engine against the paper's way of certifying, in the same run.
+
+    python benchmarks/end_to_end.py --preset cifar10 --quick                  # GPU: engine in bf16, fp16, fp32
+    python benchmarks/end_to_end.py --preset imagenet --quick --dtype bfloat16
+    python benchmarks/end_to_end.py --device cpu --quick --tiny               # seconds on a CPU (the test)
+
+Models are the full-size architectures with random weights (the cost of a forward pass does not depend on the
+weights): the OpenAI UNet of the ``cifar10`` / ``imagenet`` preset (ImageNet at 224x224, as DiffSmooth feeds
+it) and the ResNet-110 / ResNet-50 classifier, the same weights for every run. ``--tiny`` swaps in a small UNet
+and ResNet-20 so that the whole path runs on a CPU in seconds.
+
+Runs, timed one after another on the same random images:
+
+* ``baseline``: the paper's way (benchmarks/paper_baseline.py): float32 eager, batch 50, the m classifier
+  passes one after another, a host sync per batch, PyTorch's default TF32 settings.
+* ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around
+  :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
+  samples per call, one host sync per image.
+
+Each run certifies ``--images`` images with n0 selection and n estimation samples after an untimed warm-up.
+``--quick`` samples n = ``quick_n`` instead of N (the paper's N: 100,000 on CIFAR-10, 10,000 on ImageNet) and
+extrapolates seconds per image to n0 + N samples at the measured rate; the JSON says so (``extrapolated``).
+Reported per run: seconds per image, samples per second, MFU (model FLOPs per sample, from REFERENCE.md's cost
+table, times samples per second, over the H100's dense bf16 peak of 989 TFLOP/s, for every precision alike),
+peak GPU memory; and the speedup of each engine run over the baseline. One JSON record goes to
+``benchmarks/results/`` (or ``--json``) with the device, versions, git commit and every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paper_baseline import PAPER_BATCH, PaperBaseline  # noqa: E402
+
+import diffsmooth_fast  # noqa: E402
+from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth  # noqa: E402
+from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier  # noqa: E402
+from diffsmooth_fast.models.openai_flags import OpenAIFlags, openai_flags, preset  # noqa: E402
+from diffsmooth_fast.models.resnet import build_architecture  # noqa: E402
+from diffsmooth_fast.models.unet import UNet  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+PEAK_FLOPS = 989e12  # H100 SXM dense bf16 tensor-core peak (REFERENCE.md): the MFU denominator
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# A UNet small enough for a CPU (the tests' tiny model): GroupNorm needs 32-channel multiples.
+TINY_UNET = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
+                 num_heads=2, learn_sigma=True, diffusion_steps=1000, noise_schedule="linear")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One benchmark configuration. GFLOPs are per forward pass of one image (None: counted with
+    FlopCounterMode); ``local_sigma_shift`` is the paper's shift of sigma' at sigma = 0.25."""
+
+    name: str
+    unet_flags: OpenAIFlags
+    classifier_arch: str
+    image_size: int
+    num_classes: int
+    stats: tuple[tuple[float, ...], tuple[float, ...]]
+    n0: int
+    N: int
+    quick_n: int
+    engine_batch: int
+    local_sigma_shift: float
+    unet_gflops: float | None
+    classifier_gflops: float | None
+
+
+SETUPS = {
+    "cifar10": Setup("cifar10", preset("cifar10"), "cifar_resnet110", 32, 10, CIFAR_STATS, 100, 100_000, 2_000,
+                     1000, 0.03, 16.77, 0.506),
+    "imagenet": Setup("imagenet", preset("imagenet"), "resnet50", 224, 1000, IMAGENET_STATS, 100, 10_000, 200, 50,
+                      0.01, 1712.6, 8.18),
+}
+TINY = Setup("tiny", openai_flags("improved", **TINY_UNET), "cifar_resnet20", 32, 10, CIFAR_STATS, 10, 1_000, 20,
+             16, 0.03, None, None)
+
+
+def count_gflops(model: nn.Module, *inputs: torch.Tensor) -> float:
+    """FLOPs (2 per multiply-add, as REFERENCE.md counts) of one forward pass, in GFLOPs."""
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
+def counted_gflops(setup: Setup) -> dict[str, float]:
+    """Both models' GFLOPs per image counted on the meta device (no memory, no compute)."""
+    size = setup.image_size
+    with torch.device("meta"):
+        unet = UNet(setup.unet_flags.unet_config())
+        net = build_architecture(setup.classifier_arch)
+        x, t = torch.empty(1, 3, size, size), torch.zeros(1)
+    return {"unet": count_gflops(unet, x, t), "classifier": count_gflops(net, x)}
+
+
+def build_models(setup: Setup, device: torch.device, seed: int) -> tuple[Denoiser, nn.Module]:
+    """The float32 denoiser and classifier with PyTorch's default random initialisation (seeded)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet(setup.unet_flags.unet_config())
+        net = build_architecture(setup.classifier_arch)
+    mean, std = setup.stats
+    classifier = NormalizedClassifier(InputNormalization("normalize", mean, std), net).to(device)
+    for model in (unet, classifier):
+        model.eval().requires_grad_(False)
+    return Denoiser(unet, setup.unet_flags), classifier
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_certify(certify: Callable[[torch.Tensor, int, int, int], tuple[int, float]], images: torch.Tensor,
+                 n0: int, n: int, warm: int, device: torch.device) -> dict:
+    """Certify every image (after an untimed warm-up certificate of ``warm`` samples per phase)."""
+    certify(images[0], 0, warm, warm)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    results = [certify(x, idx, n0, n) for idx, x in enumerate(images)]
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return {
+        "measured_seconds": elapsed,
+        "predictions": [int(p) for p, _ in results],
+        "radii": [float(r) for _, r in results],
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    }
+
+
+def summarise(run: dict, images: int, n0: int, n: int, N: int, flops_per_sample: float) -> dict:
+    """Seconds per image (extrapolated to n0 + N samples when n < N), samples per second and MFU."""
+    measured = n0 + n
+    rate = images * measured / run["measured_seconds"]
+    run.update(
+        measured_samples_per_image=measured,
+        target_samples_per_image=n0 + N,
+        extrapolated=n != N,
+        seconds_per_image=(n0 + N) / rate,
+        samples_per_second=rate,
+        mfu=flops_per_sample * rate / PEAK_FLOPS,
+    )
+    return run
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": None if status is None else bool(status)}
+
+
+def versions() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"diffsmooth_fast": diffsmooth_fast.__version__, "torch": torch.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda, "cudnn": cudnn, "python": platform.python_version()}
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "memory_bytes": props.total_memory,
+                "capability": f"{props.major}.{props.minor}"}
+    return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cifar10", choices=sorted(SETUPS))
+    parser.add_argument("--tiny", action="store_true", help="small models, for a CPU (the test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", nargs="+", default=["bfloat16", "float16", "float32"], choices=list(DTYPES),
+                        help="engine precisions, one run each (the baseline is always float32)")
+    parser.add_argument("--batch", type=int, help="engine: noisy samples per call (default: per preset)")
+    parser.add_argument("--baseline-batch", type=int, default=PAPER_BATCH)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="n = a few batches, extrapolated to N")
+    parser.add_argument("--n0", type=int, help="selection samples (default 100)")
+    parser.add_argument("--N", type=int, help="estimation samples certified for (default: the paper's)")
+    parser.add_argument("--n", type=int, help="estimation samples actually drawn with --quick")
+    parser.add_argument("--sigma", type=float, default=0.25)
+    parser.add_argument("--m", type=int, default=5)
+    parser.add_argument("--alpha", type=float, default=0.001)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--json", help=f"output file (default: a new file in {os.path.relpath(RESULTS, REPO)}/)")
+    args = parser.parse_args(argv)
+    for name in ("batch", "baseline_batch", "images", "n0", "N", "n", "m", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    setup = TINY if args.tiny else SETUPS[args.preset]
+    setup = replace(setup, n0=args.n0 or setup.n0, N=args.N or setup.N)
+    n = min(args.n or setup.quick_n, setup.N) if args.quick else setup.N
+    engine_batch = args.batch or setup.engine_batch
+    local_sigma = args.sigma + setup.local_sigma_shift
+    counted = counted_gflops(setup)
+    unet_gflops = setup.unet_gflops if setup.unet_gflops is not None else counted["unet"]
+    classifier_gflops = setup.classifier_gflops if setup.classifier_gflops is not None else counted["classifier"]
+    flops_per_sample = (unet_gflops + args.m * classifier_gflops) * 1e9
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    images = torch.rand((args.images, 3, setup.image_size, setup.image_size), generator=gen).to(device)
+    denoiser, classifier = build_models(setup, device, args.seed)
+    warm = min(n, engine_batch)
+    record: dict = {
+        "benchmark": "end_to_end",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "versions": versions(),
+        "git": git_state(),
+        "settings": {
+            "setup": setup.name, "preset": args.preset, "tiny": args.tiny, "quick": args.quick,
+            "images": args.images, "image_size": setup.image_size, "num_classes": setup.num_classes,
+            "unet_flags": asdict(setup.unet_flags), "classifier_arch": setup.classifier_arch,
+            "sigma": args.sigma, "local_sigma": local_sigma, "m": args.m, "alpha": args.alpha, "n0": setup.n0,
+            "N": setup.N, "n": n, "engine_batch": engine_batch, "baseline_batch": args.baseline_batch,
+            "dtypes": args.dtype, "seed": args.seed, "local_noise": "fixed", "weights": "random",
+            "warmup_samples_per_phase": warm,
+            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        },
+        "flops": {
+            "unet_gflops_per_image": unet_gflops, "classifier_gflops_per_image": classifier_gflops,
+            "per_sample": flops_per_sample, "source": "REFERENCE.md" if setup.unet_gflops else "FlopCounterMode",
+            "counted_gflops_per_image": counted, "peak_flops": PEAK_FLOPS,
+        },
+        "runs": [],
+    }
+
+    def measure(name: str, dtype: str, batch: int, certify: Callable, warm_samples: int) -> None:
+        """Time one run and record it; a failure (out of memory, NaN in a low precision) is recorded, not fatal,
+        so that one command still reports every other run."""
+        run: dict = {"name": name, "dtype": dtype, "batch": batch}
+        try:
+            run.update(time_certify(certify, images, setup.n0, n, warm_samples, device))
+        except (RuntimeError, ValueError) as exc:
+            run["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            record["runs"].append(run)
+            print(f"{name:8s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
+            return
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        record["runs"].append(summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample))
+        print(f"{name:8s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
+              f"{' (extrapolated)' if run['extrapolated'] else ''}, {run['samples_per_second']:10.1f} samples/s, "
+              f"MFU {100 * run['mfu']:6.2f}%", flush=True)
+
+    if not args.skip_baseline:
+        baseline = PaperBaseline(denoiser, classifier, num_classes=setup.num_classes, sigma=args.sigma,
+                                 local_sigma=local_sigma, m=args.m, image_shape=tuple(images.shape[1:]),
+                                 batch=args.baseline_batch, seed=args.seed)
+        measure("baseline", "float32", args.baseline_batch,
+                lambda x, idx, n0_, n_: baseline.certify(x, n0_, n_, args.alpha), min(warm, args.baseline_batch))
+        del baseline
+    method = MethodConfig("diffsmooth", sigma=args.sigma, local_sigma_shift=setup.local_sigma_shift, m=args.m,
+                          local_noise="fixed")
+    for name in args.dtype:
+        dtype = DTYPES[name]
+        den = Denoiser(copy.deepcopy(denoiser.unet).to(dtype), setup.unet_flags)
+        clf = copy.deepcopy(classifier).to(dtype)
+        smooth = Smooth(PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype), setup.num_classes,
+                        args.sigma, seed=args.seed)
+        measure("engine", name, engine_batch,
+                lambda x, idx, n0_, n_: smooth.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx), warm)
+        del den, clf, smooth
+
+    done = [r for r in record["runs"] if "error" not in r]
+    base = next((r for r in done if r["name"] == "baseline"), None)
+    record["speedup"] = {r["dtype"]: base["seconds_per_image"] / r["seconds_per_image"]
+                         for r in done if r["name"] == "engine"} if base else {}
+    for dtype, ratio in record["speedup"].items():
+        print(f"speedup of the engine in {dtype} over the baseline: {ratio:.2f}x")
+    path = args.json or os.path.join(
+        RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
