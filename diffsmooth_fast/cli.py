@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import analyze, runner
+from .distributed import RankFailure
 from .configs import ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
@@ -180,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"diffsmooth-fast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RankFailure as exc:
+        print(f"diffsmooth-fast: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("diffsmooth-fast: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -24,12 +24,13 @@ kill itself (SIGKILL) after finishing N images in this session; the tests use it
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
 import re
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -45,6 +46,21 @@ TEST_DIE_ENV = "DIFFSMOOTH_TEST_DIE_AFTER"
 WAIT_TIMEOUT = datetime.timedelta(days=7)
 
 T = TypeVar("T")
+
+
+class RankFailure(RuntimeError):
+    """Another process of the run stopped answering (it died, or its node did): this one cannot go on."""
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn the backend's error when a peer is gone into a :class:`RankFailure` that says what to do."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed.DistError and gloo's "Connection closed by peer" among them
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RankFailure(f"lost another process while {what} ({first[:200]}); see the other processes' logs, "
+                          f"then rerun the same command with --resume") from exc
 
 
 @dataclass(frozen=True)
@@ -159,7 +175,8 @@ def agree(ctx: Context, action: Callable[[], T]) -> T:
         result, error = None, exc
     message = None if error is None else (" ".join(str(error).split()) or type(error).__name__)
     messages: list[str | None] = [None] * ctx.world_size
-    dist.all_gather_object(messages, message, group=ctx.control)
+    with _collective("checking the settings"):
+        dist.all_gather_object(messages, message, group=ctx.control)
     if error is not None:
         raise error
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
@@ -172,18 +189,21 @@ def agree(ctx: Context, action: Callable[[], T]) -> T:
 def broadcast(ctx: Context, value: T) -> T:
     """Rank 0's ``value`` on every rank (a small picklable object)."""
     box = [value]
-    dist.broadcast_object_list(box, src=0, group=ctx.control)
+    with _collective("starting"):
+        dist.broadcast_object_list(box, src=0, group=ctx.control)
     return box[0]
 
 
 def wait_all(ctx: Context) -> None:
     """Return when every rank has called this (all parts written). No timeout to speak of: see WAIT_TIMEOUT."""
-    dist.barrier(group=ctx.control)
+    with _collective("waiting for every process to finish its images"):
+        dist.barrier(group=ctx.control)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> None:
     """Sum ``tensor`` in place over all ranks (NCCL on the GPU, gloo on the CPU)."""
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    with _collective("summing the counts"):
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def image_share(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
