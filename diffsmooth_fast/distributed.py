@@ -18,8 +18,10 @@ single run and may be resumed with any number of processes; only unfinished part
 
 Failures: user errors found before the first image are exchanged, so every rank stops with the same one-line
 error; a rank that dies closes its connections, which fails the others' pending gloo operations at once, and
-torchrun stops the other processes on its node anyway. Test hook: ``DIFFSMOOTH_TEST_DIE_AFTER=R:N`` makes rank R
-kill itself (SIGKILL) after finishing N images in this session; the tests use it to kill a rank mid-run.
+torchrun stops the other processes on its node anyway. Workers restarted by torchrun (``--max-restarts``)
+continue the run as with --resume. Test hook: ``DIFFSMOOTH_TEST_DIE_AFTER=R:N`` makes rank R kill itself
+(SIGKILL) after finishing N images in this session (torchrun's first attempt only); the tests use it to kill a
+rank mid-run.
 """
 
 from __future__ import annotations
@@ -213,9 +215,10 @@ def image_share(indices: Sequence[int], rank: int, world_size: int) -> list[int]
 
 
 def die_if_told(ctx: Context, images_done: int) -> None:
-    """Test hook: with ``DIFFSMOOTH_TEST_DIE_AFTER=R:N``, rank R kills itself (SIGKILL) after N images."""
+    """Test hook: with ``DIFFSMOOTH_TEST_DIE_AFTER=R:N``, rank R kills itself (SIGKILL) after N images, in
+    torchrun's first attempt only (so that a restart by ``--max-restarts`` can finish the run)."""
     spec = os.environ.get(TEST_DIE_ENV)
-    if not spec:
+    if not spec or ctx.launch.restarts:
         return
     rank, count = (int(part) for part in spec.split(":"))
     if ctx.rank == rank and images_done >= count:

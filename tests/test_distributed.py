@@ -43,13 +43,14 @@ def predict(problem: str) -> list[str]:
     return ["predict", *PROBLEMS[problem], "--n", "300", "--batch", "64", "--seed", "5", "--max", "7", "--quiet"]
 
 
-def torchrun(args: list[str], nproc: int = 2, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], nproc: int = 2, env: dict[str, str] | None = None,
+             restarts: int = 0) -> subprocess.CompletedProcess:
     """``diffsmooth-fast ARGS`` under torchrun with ``nproc`` gloo processes on this machine."""
     environ = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     environ.pop(distributed.TEST_DIE_ENV, None)
     environ.update(env or {})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "diffsmooth_fast", "--", *args]
+               "--max-restarts", str(restarts), "-m", "diffsmooth_fast", "--", *args]
     return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
 
 
@@ -166,6 +167,17 @@ def test_resume_with_another_number_of_processes_is_refused(tmp_path):
     assert len(errors) == 3 and len(set(errors)) == 1  # every rank stops, with the same one line
     assert "unfinished run over 2 processes" in errors[0]
     assert snapshot(tmp_path) == before
+    assert main([*args, "--overwrite"]) == 0  # one process starting over removes the parts
+    assert sorted(os.listdir(tmp_path)) == ["out.tsv", "out.tsv.json"]
+
+
+def test_workers_restarted_by_torchrun_resume_on_their_own(single, tmp_path):
+    """torchrun --max-restarts 1: rank 1 dies after 2 images, torchrun restarts both workers, which continue the
+    run (as with --resume, not given here) instead of refusing the files they left."""
+    out = tmp_path / "out.tsv"
+    done = torchrun([*certify("fresh"), "--out", str(out)], env={distributed.TEST_DIE_ENV: "1:2"}, restarts=1)
+    assert done.returncode == 0, done.stderr
+    check_merged(out, single("certify", "fresh"), runs=4)
 
 
 def test_killed_rank_then_resume_by_sample(single, tmp_path):
