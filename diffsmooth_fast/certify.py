@@ -5,6 +5,10 @@ by position from the project's Philox generator: sample j of phase p (selection,
 image idx always gets the same noise, whatever the batch size, and the phases use disjoint counter streams,
 so the n0 selection samples and the n estimation samples are independent as the certificate requires.
 Counts stay on the device and each call synchronises with the host once, at the end.
+
+Because noise is indexed by position, a run can be split by sample: with a :class:`SampleShard`, each process
+draws only its range of every phase's samples and the counts are summed across processes (an all-reduce), which
+gives exactly the counts, predictions and radii of a single process.
 """
 
 from __future__ import annotations
@@ -49,6 +53,31 @@ class SamplePositions:
     count: int
 
 
+@dataclass(frozen=True)
+class SampleShard:
+    """This process's part of every image's samples when several processes certify the same image.
+
+    Process ``rank`` of ``world_size`` draws samples ``[num*rank//world_size, num*(rank+1)//world_size)`` of each
+    phase (disjoint ranges that cover ``[0, num)``; the noise of a sample depends only on its position, not on
+    who draws it), and ``all_reduce`` sums an int64 tensor in place over all processes (``torch.distributed``'s
+    all-reduce, or anything with the same effect). Every process must call ``certify``/``predict`` on the same
+    images in the same order.
+    """
+
+    rank: int
+    world_size: int
+    all_reduce: Callable[[torch.Tensor], None]
+
+    def __post_init__(self) -> None:
+        _check_int("world_size", self.world_size, 1)
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be an integer in [0, {self.world_size}), got {self.rank!r}")
+
+    def part(self, num: int) -> tuple[int, int]:
+        """The ``[start, stop)`` range of ``num`` samples that this process draws."""
+        return num * self.rank // self.world_size, num * (self.rank + 1) // self.world_size
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -72,6 +101,8 @@ class Smooth:
         sigma: noise level (> 0, finite), in the units of x (pixels in [0, 1]).
         seed: Philox key in [0, 2**64); with the image index and phase it fixes every noise sample.
         backend: noise backend (``auto``, ``cuda``, ``triton``, ``cpp``, ``torch``), resolved once per device.
+        shard: draw only this process's part of the samples and sum the counts over processes (see
+            :class:`SampleShard`); None draws them all.
     """
 
     ABSTAIN = stats.ABSTAIN
@@ -84,6 +115,7 @@ class Smooth:
         *,
         seed: int = 0,
         backend: str | None = "auto",
+        shard: SampleShard | None = None,
     ) -> None:
         if not callable(base_classifier):
             raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
@@ -97,6 +129,14 @@ class Smooth:
         self.sigma = float(sigma)
         self.seed = seed
         self.backend = backend
+        if shard is not None and not isinstance(shard, SampleShard):
+            raise ValueError(f"shard must be a SampleShard, got {type(shard).__name__}")
+        self.shard = shard
+
+    def with_shard(self, shard: SampleShard | None) -> Smooth:
+        """The same smoothed classifier drawing only ``shard``'s part of the samples (None: all of them)."""
+        return Smooth(self.base_classifier, self.num_classes, self.sigma, seed=self.seed, backend=self.backend,
+                      shard=shard)
 
     def certify(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, *, idx: int = 0
@@ -118,8 +158,10 @@ class Smooth:
         alpha = _check_alpha(alpha)
         _check_int("batch_size", batch_size, 1)
         status = self._check_x(x, idx)
-        counts0 = self.sample_counts(x, n0, batch_size, idx=idx, phase=PHASE_SELECTION, status=status)
-        counts = self.sample_counts(x, n, batch_size, idx=idx, phase=PHASE_ESTIMATION, status=status)
+        counts0 = self._counts(x, n0, batch_size, idx, PHASE_SELECTION, status)
+        counts = self._counts(x, n, batch_size, idx, PHASE_ESTIMATION, status)
+        if self.shard is not None:
+            counts0, counts, status = self._reduce(status, counts0, counts)
         c_a = counts0.argmax()  # first maximum on ties, like numpy
         c_a, n_a, flags = torch.stack([c_a, counts[c_a], status]).tolist()  # the one host sync
         self._raise_on(flags)
@@ -132,7 +174,9 @@ class Smooth:
         alpha = _check_alpha(alpha)
         _check_int("batch_size", batch_size, 1)
         status = self._check_x(x, idx)
-        counts = self.sample_counts(x, n, batch_size, idx=idx, phase=PHASE_PREDICTION, status=status)
+        counts = self._counts(x, n, batch_size, idx, PHASE_PREDICTION, status)
+        if self.shard is not None:
+            counts, status = self._reduce(status, counts)
         *counts_host, flags = torch.cat([counts, status.reshape(1)]).tolist()  # the one host sync
         self._raise_on(flags)
         return stats.predict_decision(counts_host, alpha)
@@ -146,27 +190,32 @@ class Smooth:
         idx: int = 0,
         phase: int = PHASE_ESTIMATION,
         status: torch.Tensor | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
-        """Class counts [num_classes] (int64, on x's device) of the base classifier on ``num`` noisy copies.
+        """Class counts [num_classes] (int64, on x's device) of the base classifier on ``num`` noisy copies:
+        samples ``start`` to ``start + num - 1`` of the phase.
 
         Sample j uses noise positions [j*numel, (j+1)*numel) of stream ``noise_stream(idx, phase)``, so the
-        counts do not depend on ``batch_size``. Non-finite logits set a bit in ``status`` (checked by the
-        caller at its single sync) instead of synchronising here.
+        counts do not depend on ``batch_size``, and the counts of disjoint ranges of samples add up exactly to
+        the counts of their union (what :class:`SampleShard` relies on). Non-finite logits set a bit in
+        ``status`` (checked by the caller at its single sync) instead of synchronising here. This ignores
+        ``self.shard``: it counts the samples asked for.
         """
+        _check_int("start", start, 0)
         backend = resolve_backend(self.backend, x.device.type)
         stream = noise_stream(idx, phase)
         wants_positions = bool(getattr(self.base_classifier, "accepts_positions", False))
         numel = x.numel()
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
         with torch.no_grad():
-            for start in range(0, num, batch_size):
-                b = min(batch_size, num - start)
+            for first in range(start, start + num, batch_size):
+                b = min(batch_size, start + num - first)
                 noise = gaussian_noise(
-                    (b, *x.shape), self.seed, start * numel, stream=stream, backend=backend, device=x.device
+                    (b, *x.shape), self.seed, first * numel, stream=stream, backend=backend, device=x.device
                 )
                 batch = x.unsqueeze(0) + self.sigma * noise.to(x.dtype)
                 if wants_positions:
-                    logits = self.base_classifier(batch, positions=SamplePositions(self.seed, idx, phase, start, b))
+                    logits = self.base_classifier(batch, positions=SamplePositions(self.seed, idx, phase, first, b))
                 else:
                     logits = self.base_classifier(batch)
                 self._check_logits(logits, b)
@@ -174,6 +223,23 @@ class Smooth:
                     status |= (~torch.isfinite(logits).all()).to(torch.int64) * _LOGITS_NOT_FINITE
                 counts.scatter_add_(0, logits.argmax(dim=1), torch.ones(b, dtype=torch.int64, device=x.device))
         return counts
+
+    def _counts(self, x: torch.Tensor, num: int, batch_size: int, idx: int, phase: int,
+                status: torch.Tensor) -> torch.Tensor:
+        """This process's counts of ``num`` samples: all of them, or its shard's range."""
+        start, stop = self.shard.part(num) if self.shard is not None else (0, num)
+        return self.sample_counts(x, stop - start, batch_size, idx=idx, phase=phase, status=status, start=start)
+
+    def _reduce(self, status: torch.Tensor, *counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Sum ``counts`` over the shard's processes in one all-reduce, and OR their ``status`` bits (summed as
+        one 0/1 entry per bit, since a sum of bit masks is not their OR). Returns (*counts, status)."""
+        bits = (_X_NOT_FINITE, _LOGITS_NOT_FINITE)
+        flags = torch.stack([((status & bit) != 0).to(torch.int64) for bit in bits])
+        packed = torch.cat([*counts, flags])
+        self.shard.all_reduce(packed)
+        *summed, flags = packed.split([c.numel() for c in counts] + [len(bits)])
+        status = sum((flags[i] > 0).to(torch.int64) * bit for i, bit in enumerate(bits))
+        return (*summed, status)
 
     def _check_x(self, x: torch.Tensor, idx: int) -> torch.Tensor:
         """Validate x's type and shape now; its values on the device at the caller's sync (status bit)."""

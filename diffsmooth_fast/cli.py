@@ -2,8 +2,10 @@
 
 ``certify`` and ``predict`` map their options onto the run's settings (``configs``, ``pipeline.MethodConfig``)
 and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model options, ``certify`` runs the
-demo: DiffSmooth with the package's own diffusion model and classifiers on the digits test split. Output is Cohen et al.'s TSV on stdout or
---out; progress and a summary go to stderr. User errors print one line and exit with status 2.
+demo: DiffSmooth with the package's own diffusion model and classifiers on the digits test split. Output is
+Cohen et al.'s TSV on stdout or --out; progress and a summary go to stderr. User errors print one line and
+exit with status 2. Started by torchrun with several processes, certify and predict share the work (by
+image, or by sample with --split-samples; see :mod:`diffsmooth_fast.distributed`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import analyze, runner
-from .configs import (ALL_DATASETS, DTYPES, DataConfig, ModelConfig, OutputConfig, SamplingConfig, default_n,
-                      default_skip, resolve_models)
+from .configs import (ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
+                      default_n, default_skip, resolve_models)
+from .distributed import RankFailure
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
@@ -100,6 +103,12 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    multi = p.add_argument_group("several processes (started by torchrun; see the README)")
+    multi.add_argument("--split-samples", action="store_true", help="every process draws its part of each image's "
+                       "samples, rank 0 writes --out (for slow models); default: each process certifies its share "
+                       "of the images into a part file, merged at the end")
+    multi.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES", help="how long a process "
+                       "waits for the others to start, and at each exchange of counts with --split-samples")
     names = [f.name for f in fields(OpenAIFlags) if f.name != "defaults"]
     openai = p.add_argument_group("OpenAI diffusion flags", "As OpenAI's scripts spell them (paste MODEL_FLAGS as they "
                                   "are; - or _), overriding --denoiser-preset: " + ", ".join(f"--{n}" for n in names))
@@ -165,12 +174,15 @@ def _analyze(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0, or 2 for a user error, printed as one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m diffsmooth_fast -- certify --n ...: the -- hides --n/--m/--max from
+        argv = argv[1:]     # torchrun's own parser (pytorch#120601); some Python versions pass it on to us
     try:
         args = build_parser().parse_args(argv)
         if args.command == "analyze":
             return _analyze(args)
         options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
-        return runner.run(args.command, *_configs(args), argv=argv, options=options)
+        return runner.run(args.command, *_configs(args), argv=argv, options=options,
+                          distribution=DistConfig(args.split_samples, args.dist_timeout))
     except ValueError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"diffsmooth-fast: error: {message}", file=sys.stderr)
@@ -178,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"diffsmooth-fast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RankFailure as exc:
+        print(f"diffsmooth-fast: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("diffsmooth-fast: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

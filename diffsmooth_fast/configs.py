@@ -200,6 +200,25 @@ def resolve_models(data: DataConfig, models: ModelConfig, method: MethodConfig,
     return replace(models, denoiser=denoiser, classifier=classifier)
 
 
+@dataclass(frozen=True)
+class DistConfig:
+    """How processes started by torchrun share the work (ignored in a single process).
+
+    By default each process certifies its share of the images and writes a part file, merged at the end;
+    ``split_samples`` makes every process draw its part of each image's samples instead (for models so slow that
+    one image takes long), with rank 0 alone writing. ``timeout_minutes`` bounds how long a process waits for the
+    others to start and at each collective operation of split-samples mode.
+    """
+
+    split_samples: bool = False
+    timeout_minutes: float = 30.0
+
+    def __post_init__(self) -> None:
+        minutes = self.timeout_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf:
+            raise ValueError(f"--dist-timeout must be a number of minutes > 0, got {minutes!r}")
+
+
 def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfig) -> None:
     """Refuse settings that do not go together (before anything is loaded).
 

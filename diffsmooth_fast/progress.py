@@ -21,17 +21,20 @@ class Progress:
         already: (radius, correct) of the rows already in the file; radius None for predict rows.
         stream: where to write (stderr); ``tty`` None asks the stream.
         quiet: write nothing.
+        label: prefix of every line (``rank 1/4``), for processes that share a terminal.
     """
 
     def __init__(self, total: int, already: list[tuple[float | None, int]], *, stream: TextIO | None = None,
-                 quiet: bool = False, tty: bool | None = None) -> None:
+                 quiet: bool = False, tty: bool | None = None, label: str = "") -> None:
         self.total, self.rows = total, list(already)
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.tty = self.stream.isatty() if tty is None and hasattr(self.stream, "isatty") else bool(tty)
         self.start, self.session = time.perf_counter(), 0
+        self.label = f"{label}: " if label else ""
         if self.rows and not quiet:
-            print(f"resuming: {len(self.rows)} of {total} images already done", file=self.stream, flush=True)
+            print(f"{self.label}resuming: {len(self.rows)} of {total} images already done", file=self.stream,
+                  flush=True)
         if self.tty and not quiet and len(self.rows) < total:  # an image can take minutes: show the bar at once
             self._bar("ETA --:--:--")
 
@@ -51,14 +54,15 @@ class Progress:
                 self.stream.write("\n")
         else:
             what = f"radius {radius:.3f} " if radius is not None else ""
-            self.stream.write(f"[{done}/{self.total}] idx {idx}: predict {predict} (label {label}) {what}"
+            self.stream.write(f"{self.label}[{done}/{self.total}] idx {idx}: predict {predict} (label {label}) {what}"
                               f"in {seconds:.2f}s; {running}; ETA {_duration(eta)}\n")
         self.stream.flush()
 
     def _bar(self, text: str) -> None:
         width, done = 24, len(self.rows)
         filled = int(width * min(done, self.total) / max(self.total, 1))
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}".ljust(100))
+        bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        self.stream.write(f"\r{self.label}{bar} {done}/{self.total} {text}".ljust(100))
         self.stream.flush()
 
     def close(self) -> None:

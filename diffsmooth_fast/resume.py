@@ -158,10 +158,15 @@ def open_output(out: str, header: tuple[str, ...], settings: Mapping[str, object
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    runs = list(record.get("runs", [])) if record.get("settings") == _jsonable(settings) else []
+    runs = list(record.get("runs", [])) if same_settings(record, settings) else []
     write_sidecar(out, {"format": SIDECAR_FORMAT, "settings": settings, "runs": [*runs, session]})
     with open(out, "a", encoding="utf-8") as stream:
         yield stream
+
+
+def same_settings(record: Mapping[str, object], settings: Mapping[str, object]) -> bool:
+    """Whether sidecar ``record`` holds ``settings`` (compared as JSON gives them back)."""
+    return record.get("settings") == _jsonable(settings)
 
 
 def _complete_rows(out: str, header: tuple[str, ...]) -> int:

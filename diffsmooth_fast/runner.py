@@ -3,33 +3,72 @@
 Order matters for the user's files: the output is checked (exists? resumable with these settings? writable?)
 and the models are loaded and probed before anything is written, so every user error leaves existing files as
 they were. Rows are flushed and fsynced one by one, so a killed run loses at most the image in progress.
+
+Started by torchrun with several processes, the same loop runs on every process, sharded by image (each writes
+a part file; rank 0 merges them) or by sample (``--split-samples``: rank 0 writes); see
+:mod:`diffsmooth_fast.distributed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TextIO
 
 import numpy as np
 import scipy
 import torch
 
-from . import __version__, io, resume, stats
+from . import __version__, distributed, io, resume, stats
 from .build import Job, build_job
-from .configs import (DataConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination, resolve_models,
-                      result_settings)
+from .certify import SampleShard
+from .configs import (DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination,
+                      resolve_models, result_settings)
 from .pipeline import MethodConfig
 from .progress import Progress
 
 SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything one run was asked to do."""
+
+    command: str
+    data: DataConfig
+    models: ModelConfig
+    method: MethodConfig
+    sampling: SamplingConfig
+    output: OutputConfig
+    argv: Sequence[str]
+    options: Mapping[str, object]
+
+    @property
+    def header(self) -> tuple[str, ...]:
+        return io.CERTIFY_HEADER if self.command == "certify" else io.PREDICT_HEADER
+
+    def settings(self) -> dict[str, object]:
+        return result_settings(self.command, self.data, self.models, self.method, self.sampling)
+
+    def build(self) -> Job:
+        return build_job(self.data, self.models, self.method, self.sampling)
+
+    def read(self, path: str) -> list:
+        """The rows of an output file; a torn last line (a kill mid-write) is left out."""
+        return (io.read_certify if self.command == "certify" else io.read_predict)(path, torn_tail=True)
+
+
 def run(command: str, data: DataConfig, models: ModelConfig, method: MethodConfig, sampling: SamplingConfig,
-        output: OutputConfig, *, argv: Sequence[str] = (), options: Mapping[str, object] | None = None) -> int:
+        output: OutputConfig, *, argv: Sequence[str] = (), options: Mapping[str, object] | None = None,
+        distribution: DistConfig | None = None) -> int:
     """Run ``command`` (``certify`` or ``predict``) and write its TSV; returns the exit status (0).
+
+    Under torchrun with several processes, ``distribution`` says how they share the work (default: by image).
 
     Raises:
         ValueError: a user error (one line), raised before any existing file is touched where it can be known.
@@ -41,30 +80,142 @@ def run(command: str, data: DataConfig, models: ModelConfig, method: MethodConfi
                          f"probability, n0 only select the class (swapped?)")
     models = resolve_models(data, models, method)  # the demo's shipped checkpoints where none is given
     check_combination(data, models, method)
-    header = io.CERTIFY_HEADER if command == "certify" else io.PREDICT_HEADER
-    exists = resume.preflight(output.out, resume=output.resume, overwrite=output.overwrite)
-    settings = result_settings(command, data, models, method, sampling)
-    resuming = exists and output.resume
+    launch = distributed.launch_from_env()
+    if launch is None:
+        return _run_single(_Plan(command, data, models, method, sampling, output, argv, options or {}))
+    distribution = distribution or DistConfig()
+    mode = "samples" if distribution.split_samples else "images"
+    if mode == "images" and output.out == "-":
+        distributed.preflight_images(output.out, launch.world_size, launch.rank, resume_run=output.resume,
+                                     overwrite=output.overwrite)  # raises: image sharding needs a file
+    if launch.restarts and output.out != "-":  # torchrun --max-restarts restarted the workers: continue the run
+        output = replace(output, resume=True, overwrite=False)
+    sampling = replace(sampling, device=distributed.local_device(sampling.device, launch))
+    plan = _Plan(command, data, models, method, sampling, output, argv, options or {})
+    ctx = distributed.start(launch, sampling.torch_device(), mode, distribution.timeout_minutes)
+    try:
+        return (_run_images if mode == "images" else _run_samples)(ctx, plan)
+    finally:
+        distributed.stop(ctx)
+
+
+def _run_single(plan: _Plan) -> int:
+    """One process: check, build, then certify the images not yet in ``--out``."""
+    out = plan.output
+    exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
+    distributed.check_no_parts(out.out, overwrite=out.overwrite)
+    settings = plan.settings()
+    resuming = exists and out.resume
     if resuming:
-        resume.check_resumable(output.out, header, settings)
-    job = build_job(data, models, method, sampling)
-    session = _session(job, argv, options or {})
-    with resume.open_output(output.out, header, settings, session, resume=resuming) as stream:
-        rows = (io.read_certify if command == "certify" else io.read_predict)(output.out) if resuming else []
+        resume.check_resumable(out.out, plan.header, settings)
+    job = plan.build()
+    if out.overwrite:
+        distributed.remove_parts(out.out)  # out itself is replaced by open_output
+    session = _session(job, plan.argv, plan.options)
+    with resume.open_output(out.out, plan.header, settings, session, resume=resuming) as stream:
+        rows = plan.read(out.out) if resuming else []
         done = {row.idx for row in rows}
-        todo = [idx for idx in job.indices if idx not in done]
-        progress = Progress(len(job.indices), [(getattr(r, "radius", None), r.correct) for r in rows],
-                            quiet=output.quiet)
-        try:
-            for idx in todo:
-                rows.append(_one(command, job, sampling, idx))
-                io.write_line(stream, _format(rows[-1]), sync=output.out != "-")
-                r = rows[-1]
-                progress.update(r.idx, r.label, r.predict, getattr(r, "radius", None), r.correct, r.time)
-        finally:
-            progress.close()
-    _summary(command, rows, job)
+        progress = Progress(len(job.indices), _already(rows), quiet=out.quiet)
+        rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress)
+    _summary(plan.command, rows, job)
     return 0
+
+
+def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
+    """Image sharding: this rank certifies its share into its part file; rank 0 merges the parts at the end."""
+    out, rank, world = plan.output.out, ctx.rank, ctx.world_size
+    part = distributed.part_path(out, rank, world)
+
+    def prepare() -> tuple[dict[str, object], Job, bool, list]:
+        out_exists, part_exists = distributed.preflight_images(out, world, rank, resume_run=plan.output.resume,
+                                                               overwrite=plan.output.overwrite)
+        settings = plan.settings()
+        resuming = plan.output.resume
+        if resuming and out_exists:
+            resume.check_resumable(out, plan.header, settings)
+        if resuming and part_exists:
+            resume.check_resumable(part, plan.header, _part_settings(settings, rank, world))
+        merged = plan.read(out) if resuming and out_exists else []  # an earlier run's merged rows are done
+        return settings, plan.build(), resuming and part_exists, merged
+
+    settings, job, resuming, merged = distributed.agree(ctx, prepare)
+    if plan.output.overwrite and rank == 0:
+        distributed.remove_outputs(out, keep_world_size=world)  # the ranks replace their own parts
+    share = distributed.image_share(job.indices, rank, world)
+    session = {**_session(job, plan.argv, plan.options), "images": len(share),
+               "distributed": {"mode": "images", "rank": rank, "world_size": world}}
+    with resume.open_output(part, plan.header, _part_settings(settings, rank, world), session,
+                            resume=resuming) as stream:
+        mine = set(share)
+        rows = [row for row in merged + (plan.read(part) if resuming else []) if row.idx in mine]
+        done = {row.idx for row in rows}
+        progress = Progress(len(share), _already(rows), quiet=plan.output.quiet, tty=False, label=ctx.label)
+        _certify_all(plan, job, [idx for idx in share if idx not in done], stream, progress, ctx)
+    distributed.wait_all(ctx)
+    if rank != 0:
+        return 0
+    _summary(plan.command, distributed.merge_parts(out, plan.header, world, job.indices, settings), job)
+    return 0
+
+
+def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
+    """Sample sharding: every rank draws its part of each image's samples; rank 0 alone checks and writes."""
+    out, rank = plan.output, ctx.rank
+
+    def prepare() -> tuple[dict[str, object], Job, bool]:
+        exists = False
+        if rank == 0:
+            exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
+            distributed.check_no_parts(out.out, overwrite=out.overwrite)
+        settings = plan.settings()
+        if rank == 0 and exists and out.resume:
+            resume.check_resumable(out.out, plan.header, settings)
+        return settings, plan.build(), exists and out.resume
+
+    settings, job, resuming = distributed.agree(ctx, prepare)
+    job = replace(job, smooth=job.smooth.with_shard(SampleShard(rank, ctx.world_size, distributed.all_reduce_sum)))
+    if rank == 0 and out.overwrite:
+        distributed.remove_parts(out.out)  # out itself is replaced by open_output
+    session = {**_session(job, plan.argv, plan.options),
+               "distributed": {"mode": "samples", "world_size": ctx.world_size}}
+    output = (resume.open_output(out.out, plan.header, settings, session, resume=resuming) if rank == 0
+              else contextlib.nullcontext(None))
+    with output as stream:
+        rows = plan.read(out.out) if rank == 0 and resuming else []
+        done = set(distributed.broadcast(ctx, [row.idx for row in rows]))  # every rank: the same images
+        progress = Progress(len(job.indices), _already(rows), quiet=out.quiet or rank != 0)
+        rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress, ctx)
+    if rank == 0:
+        _summary(plan.command, rows, job)
+    return 0
+
+
+def _part_settings(settings: Mapping[str, object], rank: int, world_size: int) -> dict[str, object]:
+    """A part file's settings: the run's, and which part it is (a resume with another K is refused)."""
+    return {**settings, "part": {"rank": rank, "world_size": world_size}}
+
+
+def _already(rows: list) -> list[tuple[float | None, int]]:
+    return [(getattr(r, "radius", None), r.correct) for r in rows]
+
+
+def _certify_all(plan: _Plan, job: Job, todo: list[int], stream: TextIO | None, progress: Progress,
+                 ctx: distributed.Context | None = None) -> list:
+    """Certify (or predict) the images ``todo`` in order; each row is written to ``stream`` (None: not written)
+    as soon as it is done. Returns the new rows."""
+    rows = []
+    try:
+        for idx in todo:
+            row = _one(plan.command, job, plan.sampling, idx)
+            if stream is not None:
+                io.write_line(stream, _format(row), sync=plan.output.out != "-")
+            rows.append(row)
+            progress.update(row.idx, row.label, row.predict, getattr(row, "radius", None), row.correct, row.time)
+            if ctx is not None:
+                distributed.die_if_told(ctx, len(rows))
+    finally:
+        progress.close()
+    return rows
 
 
 def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> io.CertifyRow | io.PredictRow:
