@@ -81,7 +81,7 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
         denoiser = Denoiser.from_flags(flags, models.denoiser, dtype=dtype, device=device,
                                        trust_checkpoint=models.trust_checkpoint)
     base = PurifiedClassifier(method, classifier, denoiser, seed=sampling.seed, backend=backend,
-                              dtype=dtype if data.dataset != "toy" else torch.float32)
+                              dtype=dtype if data.dataset != "toy" else torch.float32, fused=sampling.fused)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
     num_classes = _probe(base, images, indices[0] if indices else 0, method.sigma, sampling.seed, backend, device)

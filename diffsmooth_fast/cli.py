@@ -98,6 +98,8 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     smooth.add_argument("--seed", type=int, default=0, help="noise seed; with the image index it fixes all noise")
     run = p.add_argument_group("run")
     run.add_argument("--backend", default="auto", help="noise backend: auto, cuda, triton, cpp, torch")
+    run.add_argument("--fused", action="store_true", help="diffsmooth, dds: denoise, local noise and the "
+                     "classifier's normalisation in one kernel (same results up to float32 rounding)")
     run.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
     run.add_argument("--out", default="-", help="output TSV path (sidecar: OUT.json), or - for stdout")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
@@ -153,7 +155,7 @@ def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodC
     models = resolve_models(data, models, smoothing, args.demo_classifier)
     n = default_n(dataset) if args.n is None else args.n
     sampling = SamplingConfig(getattr(args, "n0", 100), n, args.alpha, args.batch, args.seed, args.backend,
-                              args.device)
+                              args.device, args.fused)
     return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
 
 

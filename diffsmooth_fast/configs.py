@@ -102,7 +102,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha,
-    ``batch`` noisy samples per base-classifier call, the noise ``seed``, noise ``backend`` and ``device``."""
+    ``batch`` noisy samples per base-classifier call, the noise ``seed``, noise ``backend`` and ``device``, and
+    whether to run the fused denoise kernel (``fused``)."""
 
     n0: int = 100
     n: int = 100_000
@@ -111,6 +112,7 @@ class SamplingConfig:
     seed: int = 0
     backend: str = "auto"
     device: str = "auto"
+    fused: bool = False  # diffsmooth/dds: denoise + local noise + normalisation in one kernel (PurifiedClassifier)
 
     def __post_init__(self) -> None:
         _int("--n0", self.n0, 1)

@@ -171,3 +171,35 @@ def test_trainer_runs_and_writes_loadable_files(tmp_path):
     Denoiser.from_openai(str(tmp_path / "diffusion" / "model.pt"),
                          **json.loads((tmp_path / "diffusion" / "flags.json").read_text()))
     load_classifier(tmp_path / "classifier" / "noise_0.50" / "checkpoint.pth.tar")
+
+
+# --- the fused denoise path against the plain one, on the shipped models ---------------------------------------
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("method,local_noise", [("diffsmooth", "fixed"), ("diffsmooth", "fresh"),
+                                                ("diffsmooth", "reference"), ("dds", "fixed")])
+def test_fused_pipeline_gives_the_plain_pipelines_scores(test_split, method, local_noise, backend):
+    from diffsmooth_fast.certify import SamplePositions
+    from diffsmooth_fast.pipeline import PurifiedClassifier
+
+    x, _ = test_split
+    config = MethodConfig(method, 0.5, local_sigma=0.25, local_sigma_shift=0.03, m=3, local_noise=local_noise)
+    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT))
+    clf = load_classifier(digits.classifier_checkpoint(0.25))
+    x_noisy = x[:13] + 0.5 * torch.randn(x[:13].shape, generator=torch.Generator().manual_seed(0))
+    positions = SamplePositions(7, 40, 1, 21, 13)  # seed, idx, phase, first, count: somewhere inside a run
+    scores = {}
+    for fused in (False, True):
+        base = PurifiedClassifier(config, clf, den, seed=7, backend=backend, fused=fused)
+        assert base.fused == fused
+        scores[fused] = base(x_noisy, positions=positions)
+    assert scores[True].shape == (13, 10)
+    torch.testing.assert_close(scores[True], scores[False], rtol=1e-5, atol=1e-5)
+
+
+def test_fused_flag_certifies_like_the_plain_path(tmp_path):
+    args = ["certify", "--max", "3", "--n0", "20", "--n", "100", "--local-noise", "fresh", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "plain.tsv")]) == 0
+    assert main([*args, "--fused", "--out", str(tmp_path / "fused.tsv")]) == 0
+    strip = lambda path: [line.rsplit("\t", 1)[0] for line in open(path).read().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "fused.tsv") == strip(tmp_path / "plain.tsv")
