@@ -150,7 +150,16 @@ def start(launch: Launch, device: torch.device, mode: str, timeout_minutes: floa
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if launch.restarts and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+        # Workers restarted by torchrun meet again in the agent's store, which may still hold the addresses the
+        # dead attempt published: a fresh prefix per attempt keeps a worker from dialling a process that is gone.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), launch.world_size,
+                              is_master=False, timeout=timeout)
+        dist.init_process_group(backend, store=dist.PrefixStore(f"diffsmooth/attempt_{launch.restarts}", store),
+                                rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return Context(launch, mode, control)
 
