@@ -84,11 +84,12 @@ step pytest-gpu "${LIMIT_GPU_TESTS:-600}" python -m pytest -m gpu -q -rs --junit
 # --- 3. kernel benchmarks -------------------------------------------------------------------------------------
 step bench-ops "${LIMIT_BENCH:-600}" python -m pytest benchmarks/test_bench_ops.py benchmarks/test_bench_noise.py \
   --benchmark-enable --benchmark-group-by=group --benchmark-json="$OUT/bench_ops.json" -q
+step bench-ops-cuda 300 diffsmooth-fast bench ops --device cuda --json "$OUT/bench_ops_cuda.json"
 step op-ratios-cpu 300 python benchmarks/op_ratios.py --json "$OUT/op_ratios_cpu.json"
 
 # --- 4. end to end: engine vs paper-style baseline, quick (n extrapolated to the paper's N) -------------------
 for preset in cifar10 imagenet; do
-  step "end_to_end-$preset" "${LIMIT_E2E:-600}" python benchmarks/end_to_end.py --preset "$preset" --quick \
+  step "end_to_end-$preset" "${LIMIT_E2E:-600}" diffsmooth-fast bench e2e --preset "$preset" --quick \
     --dtype bfloat16 float16 float32 --device cuda --json "$OUT/end_to_end-$preset.json"
 done
 

@@ -1,4 +1,4 @@
-"""The `diffsmooth-fast` command line: certify, predict and analyze.
+"""The `diffsmooth-fast` command line: certify, predict, analyze and bench.
 
 ``certify`` and ``predict`` map their options onto the run's settings (``configs``, ``pipeline.MethodConfig``)
 and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model options, ``certify`` runs the
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from . import analyze, runner
+from .bench import command as bench
 from .configs import (ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
                       default_n, default_skip, resolve_models)
 from .distributed import RankFailure
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--latex", action="store_true", help="a LaTeX table like the paper's Table 1")
     form.add_argument("--json", action="store_true", help='{"files": [{"path", "n", "acr", ...}]}')
     a.add_argument("--plot", metavar="OUT.png", help="plot certified accuracy against radius (needs matplotlib)")
+    bench.add_parser(sub)
     return parser
 
 
@@ -179,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--"]:  # torchrun ... -m diffsmooth_fast -- certify --n ...: the -- hides --n/--m/--max from
         argv = argv[1:]     # torchrun's own parser (pytorch#120601); some Python versions pass it on to us
     try:
-        args = build_parser().parse_args(argv)
+        args, rest = build_parser().parse_known_args(argv)
+        if args.command == "bench":  # bench e2e hands the rest to the benchmark's own parser
+            return bench.run(args, rest)
+        if rest:
+            raise _UsageError(f"unrecognized arguments: {' '.join(rest)} (see diffsmooth-fast --help)")
         if args.command == "analyze":
             return _analyze(args)
         options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}

@@ -1,16 +1,14 @@
-"""benchmarks/end_to_end.py on a CPU with tiny models: the JSON record it writes (fields, not timings), the cost
+"""The end-to-end benchmark (diffsmooth_fast.bench.end_to_end, ``diffsmooth-fast bench e2e``) on a CPU with tiny models: the JSON record it writes (fields, not timings), the cost
 table it computes MFU from, and that its paper-style baseline computes the same base classifier as the engine."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,16 +22,9 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 @pytest.fixture(scope="module")
 def e2e():
-    """benchmarks/end_to_end.py as a module (benchmarks/ is not a package; it imports paper_baseline by path)."""
-    spec = importlib.util.spec_from_file_location("end_to_end", os.path.join(BENCHMARKS, "end_to_end.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["end_to_end"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    for name in ("end_to_end", "paper_baseline"):
-        sys.modules.pop(name, None)
-    if BENCHMARKS in sys.path:  # end_to_end.py put it there to import paper_baseline
-        sys.path.remove(BENCHMARKS)
+    from diffsmooth_fast.bench import end_to_end
+
+    return end_to_end
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The paper's way of certifying with DiffSmooth, as a timing baseline for end_to_end.py.
+"""The paper's way of certifying with DiffSmooth, as a timing baseline for the end-to-end benchmark.
 
 DiffSmooth's published runs (Zhang et al., USENIX Security 2023: 125 s per CIFAR-10 image and 608 s per ImageNet
 image on one RTX A6000) use Cohen et al.'s certify loop around the reference one-shot denoiser, in float32 eager

@@ -1,8 +1,10 @@
 """End-to-end certification benchmark: this engine against the paper's way of certifying, in the same run.
 
-    python benchmarks/end_to_end.py --preset cifar10 --quick                  # GPU: engine in bf16, fp16, fp32
-    python benchmarks/end_to_end.py --preset imagenet --quick --dtype bfloat16
-    python benchmarks/end_to_end.py --device cpu --quick --tiny               # seconds on a CPU (the test)
+    diffsmooth-fast bench e2e --preset cifar10 --quick                  # GPU: engine in bf16, fp16, fp32
+    diffsmooth-fast bench e2e --preset imagenet --quick --dtype bfloat16
+    diffsmooth-fast bench e2e --device cpu --quick --tiny               # seconds on a CPU (the test)
+
+(or ``python -m diffsmooth_fast.bench.end_to_end ...``).
 
 Models are the full-size architectures with random weights (the cost of a forward pass does not depend on the
 weights): the OpenAI UNet of the ``cifar10`` / ``imagenet`` preset (ImageNet at 224x224, as DiffSmooth feeds
@@ -11,7 +13,7 @@ and ResNet-20 so that the whole path runs on a CPU in seconds.
 
 Runs, timed one after another on the same random images:
 
-* ``baseline``: the paper's way (benchmarks/paper_baseline.py): float32 eager, batch 50, the m classifier
+* ``baseline``: the paper's way (:mod:`diffsmooth_fast.bench.paper_baseline`): float32 eager, batch 50, the m classifier
   passes one after another, a host sync per batch, PyTorch's default TF32 settings.
 * ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around
   :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
@@ -35,7 +37,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -44,18 +45,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paper_baseline import PAPER_BATCH, PaperBaseline  # noqa: E402
+import diffsmooth_fast
+from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth
+from diffsmooth_fast.bench.paper_baseline import PAPER_BATCH, PaperBaseline
+from diffsmooth_fast.bench.record import REPO
+from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier
+from diffsmooth_fast.models.openai_flags import OpenAIFlags, openai_flags, preset
+from diffsmooth_fast.models.resnet import build_architecture
+from diffsmooth_fast.models.unet import UNet
 
-import diffsmooth_fast  # noqa: E402
-from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth  # noqa: E402
-from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier  # noqa: E402
-from diffsmooth_fast.models.openai_flags import OpenAIFlags, openai_flags, preset  # noqa: E402
-from diffsmooth_fast.models.resnet import build_architecture  # noqa: E402
-from diffsmooth_fast.models.unet import UNet  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(REPO, "benchmarks", "results")
+# Records go to the checkout's benchmarks/results/ when the package runs from one, else to the current folder.
+RESULTS = os.path.join(REPO, "benchmarks", "results") if os.path.isdir(os.path.join(REPO, "benchmarks")) else "."
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16 tensor-core peak (REFERENCE.md): the MFU denominator
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -197,7 +197,7 @@ def device_info(device: torch.device) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="diffsmooth-fast bench e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cifar10", choices=sorted(SETUPS))
     parser.add_argument("--tiny", action="store_true", help="small models, for a CPU (the test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -216,7 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--json", help=f"output file (default: a new file in {os.path.relpath(RESULTS, REPO)}/)")
+    parser.add_argument("--json", help="output file (default: a new file in benchmarks/results/ of the checkout, or here)")
     args = parser.parse_args(argv)
     for name in ("batch", "baseline_batch", "images", "n0", "N", "n", "m", "threads"):
         value = getattr(args, name)
@@ -226,6 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark with command-line arguments ``argv``; returns the record written."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
