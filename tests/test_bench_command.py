@@ -62,6 +62,7 @@ def test_bench_ops_command_writes_a_record(tmp_path, capsys):
     (["bench", "ops", "--ops", "nope"], "invalid choice"),
     (["bench", "ops", "--bogus"], "unrecognized arguments: --bogus"),
     (["bench"], "required"),
+    (["bench", "agreement", "--samples", "0"], "--samples must be >= 1"),
 ])
 def test_bench_errors_are_one_line(argv, message, capsys):
     if not torch.cuda.is_available() or "tpu" in argv:
@@ -82,3 +83,39 @@ def test_bench_e2e_hands_its_options_to_the_benchmark(monkeypatch):
 def test_other_commands_still_refuse_unknown_options(capsys):
     assert cli.main(["analyze", "x.tsv", "--bogus"]) == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_agreement_counts_what_differs(monkeypatch):
+    """The agreement is computed from the labels: a precision that flips one label in 8 scores 7/8."""
+    from diffsmooth_fast.bench import agreement
+
+    def fake(dtype, images, method, samples, seed, device, batch=500):
+        labels = torch.zeros(len(images), samples, dtype=torch.int64)
+        if dtype == torch.bfloat16:
+            labels[0, 0] = 3
+        return labels
+
+    monkeypatch.setattr(agreement, "base_labels", fake)
+    result = agreement.measure(["float16", "bfloat16"], [0.25], samples=4, max_images=2, seed=0, device="cpu")
+    rows = {r["dtype"]: r for r in result["rows"]}
+    assert rows["float16"]["sample_agreement"] == 1.0 and rows["float16"]["disagreeing_samples"] == 0
+    assert rows["bfloat16"]["sample_agreement"] == 7 / 8 and rows["bfloat16"]["disagreeing_samples"] == 1
+    assert rows["bfloat16"]["image_agreement"] == 1.0  # the mode of image 0's labels is still 0
+
+
+def test_agreement_on_the_demo_models(tmp_path, capsys):
+    """A short real run: float32 labels are reproducible, and bfloat16 mostly agrees with them."""
+    from diffsmooth_fast.bench import agreement
+    from diffsmooth_fast.demo import digits
+    from diffsmooth_fast.pipeline import MethodConfig
+
+    images = torch.stack([digits.test_set()[i][0] for i in range(2)])
+    method = MethodConfig("diffsmooth", sigma=0.25, m=5)
+    first = agreement.base_labels(torch.float32, images, method, 6, 0, torch.device("cpu"), batch=4)
+    assert torch.equal(first, agreement.base_labels(torch.float32, images, method, 6, 0, torch.device("cpu")))
+    path = tmp_path / "agreement.json"
+    assert cli.main(["bench", "agreement", "--device", "cpu", "--dtype", "bfloat16", "--sigma", "0.25", "--samples",
+                     "6", "--max", "2", "--json", str(path)]) == 0
+    row = json.loads(path.read_text())["rows"][0]
+    assert row["images"] == 2 and row["samples_per_image"] == 6 and row["sample_agreement"] >= 0.75
+    assert "labels agree with float32" in capsys.readouterr().out

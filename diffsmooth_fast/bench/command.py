@@ -1,4 +1,5 @@
-"""``diffsmooth-fast bench``: ``ops`` times the fused ops here and now; ``e2e`` runs the end-to-end benchmark."""
+"""``diffsmooth-fast bench``: ``ops`` times the fused ops, ``e2e`` runs the end-to-end benchmark, ``agreement``
+measures low-precision label agreement with float32."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 import torch
 
-from . import ops, record
+from . import agreement, ops, record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--ops", nargs="+", choices=ops.OPS, default=list(ops.OPS), help="which ops")
     o.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     o.add_argument("--json", help="also write the record to this JSON file")
+    a = kinds.add_parser("agreement", help="float16/bfloat16 labels against float32 on the demo models")
+    agreement.add_arguments(a)
     kinds.add_parser("e2e", add_help=False, help="engine vs paper-style baseline with full-size random-weight models "
                      "(options: bench e2e --help)")
 
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     if rest:
         raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    if args.bench == "agreement":
+        return agreement.run(args)
     for name in ("batch", "rounds", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
