@@ -7,6 +7,10 @@ apply: ``ref`` (ops/reference.py as written, drawing its noise with the PyTorch 
 the fused op), ``given`` groups (everyone gets the noise tensor: the ops themselves), and the fused kernels.
 extra_info: GB/s of tensor bytes read and written, ``Melem/s`` of output elements. Triton and CUDA run only on a
 GPU (the CPU interpreter is a correctness tool, not a speed one).
+
+``group_norm_silu`` is timed apart, on a CIFAR-10 UNet activation (GN_SHAPE, with scale-shift and SiLU as in a
+ResBlock's out_layers): ``unfused`` is the UNet's own modules in the benchmark dtype, ``ref`` the float32 reference,
+``triton`` the fused kernel (GPU only).
 """
 
 from __future__ import annotations
@@ -14,8 +18,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffsmooth_fast.ops import denoise_replicate, gaussian_noise, noisy_input, unavailable_reason, vote
-from diffsmooth_fast.ops.reference import denoise_replicate_ref, noisy_input_ref, vote_ref
+from diffsmooth_fast.ops import (
+    denoise_replicate,
+    gaussian_noise,
+    group_norm_silu,
+    noisy_input,
+    unavailable_reason,
+    vote,
+)
+from diffsmooth_fast.ops.reference import denoise_replicate_ref, group_norm_silu_ref, noisy_input_ref, vote_ref
 
 B, M, SHAPE, K = 250, 5, (3, 32, 32), 10
 NUMEL = 3 * 32 * 32
@@ -129,3 +140,53 @@ def test_fused_op(benchmark, op, impl, device):
         read, written = _IN_OUT[op]
         benchmark.extra_info["GB/s"] = round((read + written) / seconds / 1e9, 2)
         benchmark.extra_info["Melem/s"] = round(written / 4 / seconds / 1e6, 1)
+
+
+# GroupNorm + scale-shift + SiLU on a CIFAR-10 UNet activation; float16 on the GPU (the UNet's dtype there).
+GN_SHAPE, GN_GROUPS = (128, 256, 16, 16), 32
+GN_IMPLS = [("unfused", "cpu"), ("ref", "cpu"), ("unfused", "cuda"), ("ref", "cuda"), ("triton", "cuda")]
+
+
+def _group_norm_call(impl: str, device: str):
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    b, c = GN_SHAPE[:2]
+    x = torch.randn(GN_SHAPE, generator=gen).to(device, dtype)
+    weight = (1 + 0.2 * torch.randn(c, generator=gen)).to(device, dtype)
+    bias = torch.zeros(c, device=device, dtype=dtype)
+    scale, shift = (0.3 * torch.randn((b, 2 * c, 1, 1), generator=gen)).to(device, dtype).chunk(2, dim=1)
+    if impl == "unfused":  # models/unet.py: GroupNorm32 (float32 inside), then scale-shift and SiLU in dtype
+        def unfused():
+            y = torch.nn.functional.group_norm(x.float(), GN_GROUPS, weight.float(), bias.float()).to(dtype)
+            return torch.nn.functional.silu(y * (1 + scale) + shift)
+
+        return unfused
+    if impl == "ref":
+        return lambda: group_norm_silu_ref(x, GN_GROUPS, weight, bias, 1e-5, scale, shift)
+    return lambda: group_norm_silu(x, GN_GROUPS, weight, bias, 1e-5, scale=scale, shift=shift, backend=impl)
+
+
+@pytest.mark.parametrize("impl,device", GN_IMPLS, ids=[f"{i}-{d}" for i, d in GN_IMPLS])
+def test_group_norm_silu(benchmark, impl, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if impl == "triton" and unavailable_reason(impl, device):
+        pytest.skip(unavailable_reason(impl, device))
+    fn = _group_norm_call(impl, device)
+
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up: Triton compile, allocator
+    benchmark.group = "group_norm_silu"
+    benchmark(run)
+    if benchmark.stats is not None:
+        seconds = benchmark.stats.stats.median
+        elem_bytes = 2 if device == "cuda" else 4
+        # The activation read once and written once: the traffic of a fused pass (the unfused chain moves more).
+        moved = 2 * elem_bytes * torch.Size(GN_SHAPE).numel()
+        benchmark.extra_info["GB/s"] = round(moved / seconds / 1e9, 2)
+        benchmark.extra_info["Melem/s"] = round(torch.Size(GN_SHAPE).numel() / seconds / 1e6, 1)

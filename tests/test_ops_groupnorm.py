@@ -223,7 +223,7 @@ def test_unet_fused_trains():
 def test_gpu_cifar_sizes(dtype, channels_last):
     """CIFAR-10 UNet activations: 128..512 channels at 32x32 down to 4x4 (one- and multi-block groups)."""
     for channels, size in [(128, 32), (384, 32), (512, 16), (256, 8), (512, 4)]:
-        for mode, (use_scale, silu) in MODES.items():
+        for use_scale, silu in MODES.values():
             x, weight, bias, scale, shift = _inputs(16, channels, size, size, dtype, channels_last, seed=channels)
             scale, shift = (scale, shift) if use_scale else (None, None)
             got = group_norm_silu(x.cuda(), GROUPS, weight.cuda(), bias.cuda(), EPS,
