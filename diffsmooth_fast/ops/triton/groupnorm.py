@@ -4,7 +4,9 @@ One program normalises one (sample, group). A group that fits in one block is re
 a larger one (up to 16 channels x 64 x 64 in the ImageNet UNet) is read twice, in blocks: once for the
 statistics, once to normalise and store. Statistics are float32: each block's mean and centred sum of squares
 are computed from its registers and merged into the running ones with Chan's parallel update, so an offset
-that is large against the spread (E[x^2] - E[x]^2 would cancel) costs no accuracy.
+that is large against the spread (E[x^2] - E[x]^2 would cancel) costs no accuracy. Both memory formats are read
+in place (NCHW: a group is contiguous; channels_last: a [H*W, C/G] tile). The group geometry is constexpr, so
+the index arithmetic is constant: one compile per (channels per group, H*W, flags), a few dozen for a UNet.
 """
 
 from __future__ import annotations
