@@ -119,3 +119,13 @@ def test_agreement_on_the_demo_models(tmp_path, capsys):
     row = json.loads(path.read_text())["rows"][0]
     assert row["images"] == 2 and row["samples_per_image"] == 6 and row["sample_agreement"] >= 0.75
     assert "labels agree with float32" in capsys.readouterr().out
+
+
+def test_group_norm_case_times_the_unfused_chain_and_the_reference():
+    timing = cases.time_op("group_norm_silu", "cpu", batch=2, rounds=1, target_s=0.001)
+    assert set(timing.min_s) == {"unfused", "ref"} and timing.baseline == "unfused"
+    assert {"cpp", "torch+noise"} <= set(timing.skipped)
+    t = cases.inputs("cpu", batch=2)
+    torch.testing.assert_close(cases.call("group_norm_silu", "ref", t)(), cases.call("group_norm_silu", "unfused", t)(),
+                               atol=1e-5, rtol=0)
+    assert cases.bytes_moved("group_norm_silu", 2) == (2 * 256 * 16 * 16 * 4,) * 2

@@ -38,8 +38,8 @@ def base_labels(dtype: torch.dtype, images: torch.Tensor, method: MethodConfig, 
             x = x.to(device)
             for first in range(0, samples, batch):
                 count = min(batch, samples - first)
-                eps = gaussian_noise((count, *x.shape), seed, first * x.numel(), stream=noise_stream(i, PHASE_ESTIMATION),
-                                     device=device)
+                stream = noise_stream(i, PHASE_ESTIMATION)  # image i's estimation noise, as certify draws it
+                eps = gaussian_noise((count, *x.shape), seed, first * x.numel(), stream=stream, device=device)
                 x_noisy = (x + method.sigma * eps).to(dtype)
                 scores = base(x_noisy, positions=SamplePositions(seed, i, PHASE_ESTIMATION, first, count))
                 out[i, first:first + count] = scores.argmax(1).cpu()

@@ -216,7 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--json", help="output file (default: a new file in benchmarks/results/ of the checkout, or here)")
+    parser.add_argument("--json", help="output file (default: a new file in the checkout's benchmarks/results/, or here)")
     args = parser.parse_args(argv)
     for name in ("batch", "baseline_batch", "images", "n0", "N", "n", "m", "threads"):
         value = getattr(args, name)

@@ -7,6 +7,11 @@ Each op is timed every way that applies on the device:
   without the fused op (only for the ops that draw noise);
 * ``cpp`` (CPU), ``triton`` and ``cuda`` (GPU): the fused kernels.
 
+``group_norm_silu`` (GroupNorm + scale-shift + SiLU, as in a ResBlock's out_layers) runs on a CIFAR-10 UNet
+activation [batch, 256, 16, 16], in float16 on a GPU (the UNet's dtype there) and float32 on a CPU; its baseline
+is ``unfused``, the UNet's own modules (GroupNorm32 in float32, then scale-shift and SiLU in the dtype); ``ref``
+is the float32 spec and ``triton`` the fused kernel (GPU only: there is no C++ or CUDA C++ kernel for it).
+
 The ``*-given`` cases hand everyone the same noise tensor (the op without its generator). Timing is interleaved:
 every round times each implementation once, one after the other, so a slow spell of a shared machine hits them
 all; the ratio over the baseline is given on the minimum (least disturbed round) and on the median. GB/s counts
@@ -24,15 +29,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import denoise_replicate, gaussian_noise, noisy_input, unavailable_reason, vote
-from ..ops.reference import denoise_replicate_ref, noisy_input_ref, vote_ref
+from ..ops import denoise_replicate, gaussian_noise, group_norm_silu, noisy_input, unavailable_reason, vote
+from ..ops.reference import denoise_replicate_ref, group_norm_silu_ref, noisy_input_ref, vote_ref
 
 SHAPE, K, M = (3, 32, 32), 10, 5  # a CIFAR-10 image, 10 classes, the paper's m
 SIGMA, SQRT_ABAR, C_X, C_EPS, LOCAL_SIGMA = 0.25, 0.6, 1.6, 1.2, 0.28
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 SEED, STREAM = 1234, 7
-OPS = ("noisy_input-drawn", "noisy_input-given", "denoise-fresh", "denoise-fixed", "denoise-given", "vote")
-IMPLS = {"cpu": ("ref", "torch+noise", "cpp"), "cuda": ("ref", "torch+noise", "triton", "cuda")}
+OPS = ("noisy_input-drawn", "noisy_input-given", "denoise-fresh", "denoise-fixed", "denoise-given", "vote",
+       "group_norm_silu")
+IMPLS = {"cpu": ("ref", "torch+noise", "unfused", "cpp"), "cuda": ("ref", "torch+noise", "unfused", "triton", "cuda")}
+GN_CHANNELS, GN_SIZE, GN_GROUPS = 256, 16, 32  # a CIFAR-10 UNet activation at 16x16
 DRAWING = ("noisy_input-drawn", "denoise-fresh")  # the ops with a separate noise step in plain PyTorch
 
 
@@ -61,6 +68,8 @@ def call(op: str, impl: str, t: dict[str, torch.Tensor]) -> Callable[[], object]
     """A no-argument call of ``op`` by ``impl`` on inputs ``t``; None where that pairing is not measured (the pure
     reference of ``denoise-fresh`` draws B*m*numel normals with the PyTorch Philox: ~10 s on a CPU)."""
     b, device = t["x_t"].shape[0], t["x_t"].device
+    if op == "group_norm_silu":
+        return _group_norm_call(impl, b, device)
     eps = t["unet"][:, :3]  # the eps channels of a learn_sigma UNet: a strided view, as the engine gets it
     norm = dict(mean=t["mean"], std=t["std"])
     if op == "noisy_input-drawn":
@@ -95,8 +104,35 @@ def call(op: str, impl: str, t: dict[str, torch.Tensor]) -> Callable[[], object]
     return lambda: (vote(t["logits"], M, counts, backend=impl), counts)[1]
 
 
-def bytes_moved(op: str, batch: int = 250) -> tuple[int, int]:
-    """(bytes read, bytes written) that ``op`` needs at float32; noise counts when it is read from memory."""
+def _group_norm_call(impl: str, batch: int, device: torch.device) -> Callable[[], object]:
+    dtype = _gn_dtype(device.type)
+    gen = torch.Generator().manual_seed(0)
+    c = GN_CHANNELS
+    x = torch.randn((batch, c, GN_SIZE, GN_SIZE), generator=gen).to(device, dtype)
+    weight = (1 + 0.2 * torch.randn(c, generator=gen)).to(device, dtype)
+    bias = (0.1 * torch.randn(c, generator=gen)).to(device, dtype)
+    scale, shift = (0.3 * torch.randn((batch, 2 * c, 1, 1), generator=gen)).to(device, dtype).chunk(2, dim=1)
+    if impl == "unfused":  # models/unet.py unfused: GroupNorm32 (float32 inside), then scale-shift and SiLU in dtype
+        def unfused() -> torch.Tensor:
+            y = torch.nn.functional.group_norm(x.float(), GN_GROUPS, weight.float(), bias.float()).to(dtype)
+            return torch.nn.functional.silu(y * (1 + scale) + shift)
+
+        return unfused
+    if impl == "ref":
+        return lambda: group_norm_silu_ref(x, GN_GROUPS, weight, bias, 1e-5, scale, shift)
+    return lambda: group_norm_silu(x, GN_GROUPS, weight, bias, 1e-5, scale=scale, shift=shift, backend=impl)
+
+
+def _gn_dtype(device_type: str) -> torch.dtype:
+    return torch.float16 if device_type == "cuda" else torch.float32
+
+
+def bytes_moved(op: str, batch: int = 250, device_type: str = "cpu") -> tuple[int, int]:
+    """(bytes read, bytes written) that ``op`` needs (float32, but group_norm_silu in its device's dtype); noise
+    counts when it is read from memory; for group_norm_silu the activation once each way (the fused pass)."""
+    if op == "group_norm_silu":
+        size = batch * GN_CHANNELS * GN_SIZE * GN_SIZE * _gn_dtype(device_type).itemsize
+        return size, size
     n = 3 * 32 * 32 * 4
     return {
         "noisy_input-drawn": (n, batch * n),
@@ -114,7 +150,11 @@ def skip_reason(op: str, impl: str, device: str) -> str | None:
         return f"{impl} does not run on {device}"
     if impl == "torch+noise" and op not in DRAWING:
         return "only the drawing ops have a separate noise step"
-    if impl not in ("ref", "torch+noise"):
+    if impl == "unfused" and op != "group_norm_silu":
+        return "only group_norm_silu has an unfused module chain"
+    if op == "group_norm_silu" and impl in ("cpp", "cuda"):
+        return "group_norm_silu has a Triton kernel only"
+    if impl not in ("ref", "torch+noise", "unfused"):
         return unavailable_reason(impl, device)
     if op == "denoise-fresh" and impl == "ref":
         return "the pure reference would take ~10 s per call; see torch+noise"
@@ -137,19 +177,23 @@ class OpTiming:
     def baseline(self) -> str | None:
         """The plain-PyTorch way the fused kernels are compared with: ``torch+noise`` where the op draws noise
         (the pure reference's PyTorch Philox is not what anyone would run), else ``ref``."""
-        for impl in (("torch+noise", "ref") if self.op in DRAWING else ("ref",)):
+        if self.op == "group_norm_silu":
+            order: tuple[str, ...] = ("unfused",)
+        else:
+            order = ("torch+noise", "ref") if self.op in DRAWING else ("ref",)
+        for impl in order:
             if impl in self.min_s:
                 return impl
         return None
 
     def as_dict(self) -> dict[str, object]:
-        read, written = bytes_moved(self.op, self.batch)
+        read, written = bytes_moved(self.op, self.batch, self.device)
         base = self.baseline
         rows = {}
         for impl in self.min_s:
             row = {"min_ms": 1e3 * self.min_s[impl], "median_ms": 1e3 * self.median_s[impl],
                    "GB/s": (read + written) / self.median_s[impl] / 1e9}
-            if base is not None and impl not in ("ref", "torch+noise"):
+            if base is not None and impl not in ("ref", "torch+noise", "unfused"):
                 row["speedup_min"] = self.min_s[base] / self.min_s[impl]
                 row["speedup_median"] = self.median_s[base] / self.median_s[impl]
             rows[impl] = row

@@ -5,7 +5,8 @@ names, shapes and order) for every configuration OpenAI's code builds, and in fl
 function. Differences that do not change the function: attention runs through
 ``F.scaled_dot_product_attention`` (one fused kernel instead of two einsums); the whole model may be held in
 float16/bfloat16 (OpenAI's ``use_fp16`` halves only the convolutions), with GroupNorm statistics, the
-timestep frequencies and the softmax kept in float32 as in the reference.
+timestep frequencies and the softmax kept in float32 as in the reference. ``UNet.fuse_group_norms`` (opt-in)
+runs each GroupNorm with the scale-shift and SiLU after it as one op, computed in float32 and rounded once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops.groupnorm import group_norm_silu
 
 GROUPS = 32  # OpenAI's normalization(): GroupNorm(32, C), so every channel count must be a multiple of 32
 
@@ -58,12 +61,25 @@ class UNetConfig:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm whose statistics and affine transform run in float32 whatever the input dtype."""
+    """GroupNorm whose statistics and affine transform run in float32 whatever the input dtype.
+
+    ``fused_backend`` (None: off; set by ``UNet.fuse_group_norms``) makes the blocks around it call ``fused``
+    instead of the norm and the SiLU module one after the other. It is a plain attribute: the state dict is
+    unchanged.
+    """
+
+    fused_backend: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+    def fused(self, x: torch.Tensor, *, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+              silu: bool = True) -> torch.Tensor:
+        """This norm, the optional scale-shift and SiLU in one pass (ops.group_norm_silu), rounded once."""
+        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, scale=scale, shift=shift,
+                               silu=silu, backend=self.fused_backend)
 
 
 def norm(channels: int) -> GroupNorm32:
@@ -135,15 +151,25 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         norm_in, act_in, conv_in = self.in_layers
         # Resampling sits between the activation and the conv, on both branches (guided-diffusion's order).
-        h = conv_in(self._resample(act_in(norm_in(x))))
+        h = act_in(norm_in(x)) if norm_in.fused_backend is None else norm_in.fused(x)
+        h = conv_in(self._resample(h))
         x = self._resample(x)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        norm_out, rest = self.out_layers[0], self.out_layers[1:]
-        if self.scale_shift:
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = rest(norm_out(h) * (1 + scale) + shift)
+        norm_out = self.out_layers[0]
+        if norm_out.fused_backend is None:
+            rest = self.out_layers[1:]
+            if self.scale_shift:
+                scale, shift = emb_out.chunk(2, dim=1)
+                h = rest(norm_out(h) * (1 + scale) + shift)
+            else:
+                h = rest(norm_out(h + emb_out))
         else:
-            h = rest(norm_out(h + emb_out))
+            if self.scale_shift:
+                scale, shift = emb_out.chunk(2, dim=1)
+                h = norm_out.fused(h, scale=scale, shift=shift)
+            else:
+                h = norm_out.fused(h + emb_out)
+            h = self.out_layers[2:](h)  # dropout, conv (the SiLU, out_layers[1], ran inside the fused op)
         return self.skip_connection(x) + h
 
 
@@ -163,8 +189,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))
+        if self.norm.fused_backend is None:
+            x = x.reshape(b, c, -1)
+            normed = self.norm(x)
+        else:  # the statistics do not depend on the spatial shape: normalise the 4-D input, then flatten
+            normed = self.norm.fused(x, silu=False).reshape(b, c, -1)
+            x = x.reshape(b, c, -1)
+        qkv = self.qkv(normed)
         ch = c // self.heads
         split = (b, 3, self.heads, ch, -1) if self.new_order else (b, self.heads, 3, ch, -1)
         qkv = qkv.reshape(split).transpose(-1, -2)  # [..., T, ch]
@@ -260,4 +291,18 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        if self.out[0].fused_backend is not None:
+            return self.out[2](self.out[0].fused(h)).to(x.dtype)
         return self.out(h).to(x.dtype)
+
+    def fuse_group_norms(self, backend: str | None = "auto") -> UNet:
+        """Run every GroupNorm with what follows it (scale-shift, SiLU) as one op (ops.group_norm_silu) on
+        ``backend`` (``auto``, ``triton``, ...; None: back to the unfused modules). Returns self.
+
+        Only plain attributes change: the state dict keys and tensors stay the same, so checkpoints load either
+        way. Where autograd needs a gradient the op runs its plain-PyTorch reference, so training still works.
+        """
+        for module in self.modules():
+            if isinstance(module, GroupNorm32):
+                module.fused_backend = backend
+        return self

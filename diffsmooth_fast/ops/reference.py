@@ -186,3 +186,36 @@ def vote_ref(logits: torch.Tensor, m: int, counts: torch.Tensor) -> None:
     probs = torch.softmax(logits.float(), dim=-1).view(-1, m, k).mean(dim=1)
     winners = probs.argmax(dim=-1)
     counts.scatter_add_(0, winners, torch.ones_like(winners))
+
+
+def group_norm_silu_ref(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    silu: bool = True,
+) -> torch.Tensor:
+    """GroupNorm, then the optional scale-shift ``y*(1 + scale) + shift``, then the optional SiLU: the UNet's
+    ``norm -> (scale-shift) -> SiLU`` with every step in float32 and one rounding to x's dtype at the end.
+
+    x: [B, C, H, W]; weight, bias: [C] (None: 1 and 0); scale, shift: [B, C] or [B, C, 1, 1] (None: 1 + 0 and
+    0). The result keeps x's memory format (contiguous or channels_last). In float32 this is exactly what the
+    UNet composes unfused; with a float16/bfloat16 model the unfused UNet rounds after the norm and runs the
+    scale-shift and SiLU in that dtype, which this spec deliberately does not: it is the more accurate function
+    that the fused kernels compute.
+    """
+    b, c = x.shape[:2]
+    w = None if weight is None else weight.float()
+    bb = None if bias is None else bias.float()
+    y = torch.nn.functional.group_norm(x.float(), num_groups, w, bb, eps)
+    if scale is not None:
+        y = y * (1 + scale.float().reshape(b, c, 1, 1))
+    if shift is not None:
+        y = y + shift.float().reshape(b, c, 1, 1)
+    if silu:
+        y = torch.nn.functional.silu(y)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return _in_format(y, x.dtype, channels_last)
