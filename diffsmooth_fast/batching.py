@@ -126,7 +126,7 @@ def auto_batch(base_classifier: Callable[..., torch.Tensor], example_image: torc
         """Peak bytes of one call on ``batch`` noisy copies, or None if it ran out of memory."""
         memory.reset_peak()
         try:
-            _call(base_classifier, x, sigma, batch, noise_backend)
+            probe_call(base_classifier, x, sigma, batch, noise_backend)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -187,10 +187,10 @@ def _chosen(batch: int, why: str) -> int:
     return batch
 
 
-def _call(base_classifier: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float, batch: int,
+def probe_call(base_classifier: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float, batch: int,
           backend: str) -> None:
-    """One call of the base classifier on ``batch`` noisy copies of ``x``, made as ``Smooth`` makes them (the
-    noise and the noisy batch count towards the peak). The probe phase's noise never meets a certificate's."""
+    """One call of the base classifier on ``batch`` noisy copies of ``x`` [C, H, W], made as ``Smooth`` makes them
+    (the noise and the noisy batch count towards the peak). The probe phase's noise never meets a certificate's."""
     with torch.no_grad():
         noise = gaussian_noise((batch, *x.shape), 0, 0, stream=noise_stream(0, PHASE_PROBE), backend=backend,
                                device=x.device)
