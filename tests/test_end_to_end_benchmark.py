@@ -144,6 +144,24 @@ def test_a_failing_run_is_recorded(e2e, tmp_path, monkeypatch, capsys):
     assert record["speedup"] == {} and "FAILED" in capsys.readouterr().out
 
 
+def test_cuda_graphs_run_only_on_cuda(e2e, tmp_path, capsys):
+    """--cuda-graphs adds an engine+graphs run per dtype on CUDA; on a CPU it says so and runs the rest."""
+    path = tmp_path / "graphs.json"
+    record = e2e.main(["--device", "cpu", "--quick", "--tiny", "--images", "1", "--skip-baseline", "--dtype",
+                       "float32", "--n0", "4", "--n", "8", "--cuda-graphs", "--json", str(path)])
+    assert [(r["name"], r["dtype"]) for r in record["runs"]] == [("engine", "float32")]
+    assert record["settings"]["cuda_graphs"] is False and record["speedup_graphs"] == {}
+    assert "no engine+graphs run on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_run_matches_the_engine_on_gpu(e2e, tmp_path):
+    record = e2e.main(["--device", "cuda", "--quick", "--tiny", "--images", "2", "--skip-baseline", "--dtype",
+                       "float32", "--cuda-graphs", "--json", str(tmp_path / "graphs.json")])
+    assert [(r["name"], r["dtype"]) for r in record["runs"]] == [("engine", "float32"), ("engine+graphs", "float32")]
+    assert record["runs"][1]["matches_engine"] is True
+
+
 def test_rejects_bad_counts(e2e):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--images", "0"])
