@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
             base_classifier = PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype, cuda_graphs=graphed)
             smooth = Smooth(base_classifier, setup.num_classes, args.sigma, seed=args.seed)
             measure("engine+graphs" if graphed else "engine", name, engine_batch,
-                    lambda x, idx, n0_, n_: smooth.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
+                    lambda x, idx, n0_, n_, s=smooth: s.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
                     (setup.n0, n) if graphed else warm)  # graphs: every batch shape captured before timing
             del base_classifier, smooth
         del den, clf

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .certify import PHASE_PROBE, SamplePositions, Smooth, noise_stream
 from .batching import MEMORY_FRACTION, auto_batch
+from .certify import PHASE_PROBE, SamplePositions, Smooth, noise_stream
 from .configs import (BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination,
                       resolve_models)
 from .data import load_dataset

@@ -136,9 +136,9 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         _int("--n0", self.n0, 1)
         _int("--n", self.n, 1)
-        if self.batch != BATCH_AUTO:
-            if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-                raise ValueError(f"--batch must be an integer >= 1 or auto, got {self.batch!r}")
+        if self.batch != BATCH_AUTO and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
+                                         or self.batch < 1):
+            raise ValueError(f"--batch must be an integer >= 1 or auto, got {self.batch!r}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0 or not math.isfinite(self.alpha):
             raise ValueError(f"--alpha must be in (0, 1), got {self.alpha!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:

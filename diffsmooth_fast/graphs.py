@@ -155,7 +155,7 @@ class GraphedFunction:
     def _capture(self, x: torch.Tensor, key: Hashable) -> tuple[Graph, torch.Tensor, torch.Tensor] | None:
         while len(self._graphs) >= self.max_shapes:
             self._graphs.popitem(last=False)  # its memory goes back to the pool for the new graph
-        static_input = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_input = torch.empty_like(x)  # x's layout where it is dense, contiguous otherwise (expanded views)
         static_input.copy_(x)
         try:
             graph, static_output = self.backend.capture(self.fn, static_input, self.pool)
@@ -166,7 +166,7 @@ class GraphedFunction:
             self._graphs.clear()
             return None
         if not isinstance(static_output, torch.Tensor):
-            raise ValueError(f"a graphed {self.name} must return one tensor, got {type(static_output).__name__}")
+            raise TypeError(f"a graphed {self.name} must return one tensor, got {type(static_output).__name__}")
         self.captures += 1
         entry = (graph, static_input, static_output)
         self._graphs[key] = entry

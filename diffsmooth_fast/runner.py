@@ -27,8 +27,8 @@ import torch
 from . import __version__, distributed, io, resume, stats
 from .build import Job, build_job
 from .certify import SampleShard
-from .configs import (BATCH_AUTO, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination,
-                      resolve_models, result_settings)
+from .configs import (BATCH_AUTO, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
+                      check_combination, resolve_models, result_settings)
 from .pipeline import MethodConfig
 from .progress import Progress
 
