@@ -18,7 +18,7 @@ Design choices:
   two calls) would otherwise see it change under it at the next replay. A clone of the output ([B, C, H, W] or
   [B*m, K]) costs nothing next to the network that made it.
 * Every shape gets its own graph, the smaller last batch of an image (n % batch) included: certifying an image
-  sees the same three or four shapes (the n0 batch, the full batch, the last one, the probe) at every image, so
+  sees the same few shapes (the n0 batch, the full batch, the last one; predict: two) at every image, so
   each graph is captured once per run and replayed for every image. At most ``max_shapes`` graphs are kept (least
   recently used dropped) because each one holds its memory.
 * The graphs of a base classifier share one memory pool, so their memory is that of the largest, not the sum.
@@ -40,7 +40,7 @@ import torch
 
 log = logging.getLogger("diffsmooth_fast")
 
-DEFAULT_MAX_SHAPES = 4  # the probe, the n0 batch, the full batch and the last batch of a certify run
+DEFAULT_MAX_SHAPES = 4  # a certify run's n0 batch, full batch and last batch, and one to spare
 WARMUP_CALLS = 2  # eager calls on a side stream before capturing: cuBLAS/cuDNN handles and autotuning settle
 
 
