@@ -90,7 +90,7 @@ step op-ratios-cpu 300 python benchmarks/op_ratios.py --json "$OUT/op_ratios_cpu
 # --- 4. end to end: engine vs paper-style baseline, quick (n extrapolated to the paper's N) -------------------
 for preset in cifar10 imagenet; do
   step "end_to_end-$preset" "${LIMIT_E2E:-600}" diffsmooth-fast bench e2e --preset "$preset" --quick \
-    --dtype bfloat16 float16 float32 --device cuda --json "$OUT/end_to_end-$preset.json"
+    --dtype bfloat16 float16 float32 --cuda-graphs --device cuda --json "$OUT/end_to_end-$preset.json"
 done
 
 # --- 5. the rest of the test suite ----------------------------------------------------------------------------
@@ -108,14 +108,16 @@ for path in sorted(glob.glob(os.path.join(out, "end_to_end-*.json"))):
           f"{s['images']} images")
     for run in r["runs"]:
         if "error" in run:
-            print(f"  {run['name']:8s} {run['dtype']:8s} batch {run['batch']:5d}: FAILED: {run['error']}")
+            print(f"  {run['name']:13s} {run['dtype']:8s} batch {run['batch']:5d}: FAILED: {run['error']}")
             continue
         mem = run["peak_gpu_memory_bytes"]
-        print(f"  {run['name']:8s} {run['dtype']:8s} batch {run['batch']:5d}: {run['seconds_per_image']:9.2f} s/image "
+        print(f"  {run['name']:13s} {run['dtype']:8s} batch {run['batch']:5d}: {run['seconds_per_image']:9.2f} s/image "
               f"{run['samples_per_second']:9.1f} samples/s  MFU {100 * run['mfu']:5.1f}%  "
               f"peak {mem / 2**30 if mem else 0:6.2f} GiB")
     for dtype, ratio in r["speedup"].items():
         print(f"  speedup {dtype}: {ratio:.2f}x")
+    for dtype, ratio in r.get("speedup_graphs", {}).items():
+        print(f"  speedup with CUDA graphs {dtype}: {ratio:.2f}x")
 path = os.path.join(out, "bench_ops.json")
 if os.path.exists(path):
     print("\n== kernels (median, pytest-benchmark)")

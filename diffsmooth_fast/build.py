@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .certify import SamplePositions, Smooth, noise_stream
-from .configs import DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination, resolve_models
+from .batching import MEMORY_FRACTION, auto_batch
+from .certify import PHASE_PROBE, SamplePositions, Smooth, noise_stream
+from .configs import (BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination,
+                      resolve_models)
 from .data import load_dataset
 from .demo import digits, make_toy
 from .denoiser import Denoiser
@@ -24,13 +26,16 @@ from .pipeline import MethodConfig, PurifiedClassifier
 
 log = logging.getLogger("diffsmooth_fast")
 
-PHASE_PROBE = 3  # a sampling phase no certificate uses: the probe's noise never meets a certificate's
+# With --cuda-graphs, --batch auto fills less of the free memory: a graph is warmed up eagerly while the graphs
+# captured before it hold their memory, so the classifier's warm-up briefly needs the UNet graph's memory too.
+GRAPHS_MEMORY_FRACTION = 0.7
 
 
 @dataclass(frozen=True)
 class Job:
     """A ready run: ``images`` (map-style: index -> (x [C, H, W] in [0, 1], label)), the ``indices`` to do, the
-    smoothed classifier, and for the toy problem the exact radii [N]."""
+    smoothed classifier, the ``batch`` of noisy samples per call (``--batch auto`` resolved), and for the toy
+    problem the exact radii [N]."""
 
     images: Sequence[tuple[torch.Tensor, int]]
     indices: list[int]
@@ -39,6 +44,7 @@ class Job:
     backend: str
     num_classes: int
     exact_radius: torch.Tensor | None = None
+    batch: int = 1000
 
 
 class _ToyImages:
@@ -84,9 +90,18 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
                               dtype=dtype if data.dataset != "toy" else torch.float32, fused=sampling.fused)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
-    num_classes = _probe(base, images, indices[0] if indices else 0, method.sigma, sampling.seed, backend, device)
+    first = indices[0] if indices else 0
+    num_classes = _probe(base, images, first, method.sigma, sampling.seed, backend, device)
+    batch = sampling.batch
+    if batch == BATCH_AUTO:  # sized eagerly, before any graph holds memory
+        fraction = GRAPHS_MEMORY_FRACTION if sampling.cuda_graphs and device.type == "cuda" else MEMORY_FRACTION
+        batch = auto_batch(base, images[first][0], method.sigma, max_batch=max(sampling.n0, sampling.n),
+                           device=device, fraction=fraction, backend=backend)
+    if sampling.cuda_graphs and device.type != "cuda":
+        log.info("--cuda-graphs: ignored on %s (CUDA graphs need a CUDA device)", device.type)
+    base.cuda_graphs = sampling.cuda_graphs and device.type == "cuda"  # after the probes: no graph for their shapes
     smooth = Smooth(base, num_classes, method.sigma, seed=sampling.seed, backend=backend)
-    return Job(images, indices, smooth, device, backend, num_classes, exact)
+    return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
 
 
 def _probe(base: PurifiedClassifier, images: Sequence, idx: int, sigma: float, seed: int, backend: str,

@@ -25,6 +25,7 @@ from .ops import gaussian_noise, resolve_backend
 PHASE_SELECTION = 0
 PHASE_ESTIMATION = 1
 PHASE_PREDICTION = 2
+PHASE_PROBE = 3  # the checks made before a run (build's probe, --batch auto): never a certificate's noise
 
 _X_NOT_FINITE = 1
 _LOGITS_NOT_FINITE = 2

@@ -18,7 +18,7 @@ from dataclasses import fields
 from . import analyze, runner
 from .bench import command as bench
 from .configs import (ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
-                      default_n, default_skip, resolve_models)
+                      default_n, default_skip, parse_batch, resolve_models)
 from .distributed import RankFailure
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
@@ -50,6 +50,13 @@ def _bool(text: str) -> bool:
     if value in ("no", "false", "f", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+
+
+def _batch(text: str) -> int | str:
+    try:
+        return parse_batch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--batch ")) from None
 
 
 def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
@@ -94,13 +101,16 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     smooth.add_argument("--n", type=int, help=("estimation samples per image" if command == "certify" else
                         "samples per image") + " (default 10000; 1000 on the demo)")
     smooth.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
-    smooth.add_argument("--batch", type=int, default=1000, help="noisy samples per base-classifier call (the "
-                        "classifier sees batch*m images)")
+    smooth.add_argument("--batch", type=_batch, default=1000, help="noisy samples per base-classifier call (the "
+                        "classifier sees batch*m images), or auto: the largest that fits the GPU's free memory "
+                        "(1000 on a CPU)")
     smooth.add_argument("--seed", type=int, default=0, help="noise seed; with the image index it fixes all noise")
     run = p.add_argument_group("run")
     run.add_argument("--backend", default="auto", help="noise backend: auto, cuda, triton, cpp, torch")
     run.add_argument("--fused", action="store_true", help="diffsmooth, dds: denoise, local noise and the "
                      "classifier's normalisation in one kernel (same results up to float32 rounding)")
+    run.add_argument("--cuda-graphs", action="store_true", help="replay the UNet and the classifier from CUDA "
+                     "graphs captured per batch shape (same results; ignored on a CPU)")
     run.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
     run.add_argument("--out", default="-", help="output TSV path (sidecar: OUT.json), or - for stdout")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
@@ -157,7 +167,7 @@ def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodC
     models = resolve_models(data, models, smoothing, args.demo_classifier)
     n = default_n(dataset) if args.n is None else args.n
     sampling = SamplingConfig(getattr(args, "n0", 100), n, args.alpha, args.batch, args.seed, args.backend,
-                              args.device, args.fused)
+                              args.device, args.fused, args.cuda_graphs)
     return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
 
 

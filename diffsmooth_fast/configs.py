@@ -99,25 +99,46 @@ class ModelConfig:
         return openai_flags(self.denoiser_defaults, **given)
 
 
+BATCH_AUTO = "auto"  # --batch auto: the largest batch that fits the GPU (batching.auto_batch)
+
+
+def parse_batch(text: str) -> int | str:
+    """``--batch``'s value: an integer >= 1, or ``auto``."""
+    value = text.strip().lower()
+    if value == BATCH_AUTO:
+        return BATCH_AUTO
+    try:
+        batch = int(value)
+    except ValueError:
+        raise ValueError(f"--batch must be an integer >= 1 or auto, got {text!r}") from None
+    if batch < 1:
+        raise ValueError(f"--batch must be an integer >= 1 or auto, got {text!r}")
+    return batch
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha,
-    ``batch`` noisy samples per base-classifier call, the noise ``seed``, noise ``backend`` and ``device``, and
-    whether to run the fused denoise kernel (``fused``)."""
+    ``batch`` noisy samples per base-classifier call (or ``"auto"``: the largest that fits the GPU), the noise
+    ``seed``, noise ``backend`` and ``device``, whether to run the fused denoise kernel (``fused``) and whether to
+    replay the networks from CUDA graphs (``cuda_graphs``; ignored off CUDA)."""
 
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch: int = 1000
+    batch: int | str = 1000
     seed: int = 0
     backend: str = "auto"
     device: str = "auto"
     fused: bool = False  # diffsmooth/dds: denoise + local noise + normalisation in one kernel (PurifiedClassifier)
+    cuda_graphs: bool = False  # the UNet and classifier replayed from CUDA graphs per batch shape (graphs.py)
 
     def __post_init__(self) -> None:
         _int("--n0", self.n0, 1)
         _int("--n", self.n, 1)
-        _int("--batch", self.batch, 1)
+        if self.batch != BATCH_AUTO and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
+                                         or self.batch < 1):
+            raise ValueError(f"--batch must be an integer >= 1 or auto, got {self.batch!r}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0 or not math.isfinite(self.alpha):
             raise ValueError(f"--alpha must be in (0, 1), got {self.alpha!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:

@@ -33,6 +33,7 @@ from torch import nn
 
 from .certify import SamplePositions, noise_stream
 from .denoiser import Denoiser, noisy_to_model_input
+from .graphs import GraphedFunction, GraphPool
 from .models.classifiers import NormalizedClassifier
 from .ops import denoise_replicate, gaussian_noise, resolve_backend
 
@@ -144,13 +145,19 @@ class PurifiedClassifier(nn.Module):
             denoiser, go from the UNet's output to the classifier network's B*m inputs in one kernel
             (:func:`~diffsmooth_fast.ops.denoise_replicate`: denoise, clamp, local noise, normalisation) instead of
             four tensor passes. Same numbers up to float32 rounding (tested); other cases ignore it.
+        cuda_graphs: run the networks through CUDA graphs captured per batch shape (:mod:`~diffsmooth_fast.graphs`):
+            the denoiser (its UNet, with the scalings around it) and the classifier, each a pure function of its
+            input tensor, are graphed separately, while the noise this pipeline draws itself (fresh local noise,
+            the reverse process, at Philox offsets that change with every batch) stays outside the graphs, so
+            the results are those of the eager path. Multistep graphs its classifier only (its UNet calls change
+            step by step). A no-op for CPU tensors. May be switched on or off between calls.
     """
 
     accepts_positions = True
 
     def __init__(self, config: MethodConfig, classifier: nn.Module, denoiser: Denoiser | None = None, *,
                  seed: int = 0, backend: str | None = "auto", dtype: torch.dtype = torch.float32,
-                 fused: bool = False) -> None:
+                 fused: bool = False, cuda_graphs: bool = False) -> None:
         super().__init__()
         if config.uses_denoiser and denoiser is None:
             raise ValueError(f"method {config.method} needs a diffusion model (--denoiser)")
@@ -168,6 +175,12 @@ class PurifiedClassifier(nn.Module):
 
             self.reverse = ReverseProcess(denoiser, config.sigma, config.reverse_steps)
         self._fixed: dict[tuple, torch.Tensor] = {}
+        self.cuda_graphs = cuda_graphs
+        pool = GraphPool()  # the two networks run one after the other on one stream: one pool (graphs.py)
+        self._graphed_denoise = GraphedFunction(self._unet_eps if self.fused else self._denoise, name="denoiser",
+                                                pool=pool)
+        self._graphed_classify = GraphedFunction(self._net_logits if self.fused else self._classify_eager,
+                                                 name="classifier", pool=pool)
 
     def forward(self, x_noisy: torch.Tensor, positions: SamplePositions | None = None) -> torch.Tensor:
         """Scores [B, K] (float32) of x_noisy [B, C, H, W]; ``positions`` says where the batch sits in the run."""
@@ -179,7 +192,7 @@ class PurifiedClassifier(nn.Module):
                 return self._multistep(x_noisy, positions)
             if self.fused:
                 return self._fused(x_noisy, positions)
-            x = self.denoiser(x_noisy, cfg.sigma) if cfg.uses_denoiser else x_noisy
+            x = self._run(self._graphed_denoise, x_noisy) if cfg.uses_denoiser else x_noisy
             if not cfg.uses_local_noise:
                 return self._classify(x)
             b, m = x.shape[0], cfg.m
@@ -192,7 +205,7 @@ class PurifiedClassifier(nn.Module):
         cfg, den = self.config, self.denoiser
         c = den.coefficients(cfg.sigma)
         x_t = noisy_to_model_input(x_noisy, c.sqrt_alpha_bar)  # as Denoiser.forward
-        eps = den.model_output(x_t, c.t)
+        eps = self._run(self._graphed_denoise, x_t)
         m = cfg.m if cfg.uses_local_noise else 1
         sigma = cfg.effective_local_sigma
         noise: dict[str, object] = {}
@@ -206,13 +219,29 @@ class PurifiedClassifier(nn.Module):
         inputs = denoise_replicate(x_t, eps, c.sqrt_recip_alpha_bar, c.sqrt_recipm1_alpha_bar, m, sigma,
                                    mean=norm.mean, std=norm.std, dtype=self.dtype, backend=self._backend(x_noisy),
                                    **noise)
-        logits = self.classifier.net(inputs).float()
+        logits = self._run(self._graphed_classify, inputs)
         if not cfg.uses_local_noise:
             return logits
         return torch.softmax(logits, dim=-1).view(x_noisy.shape[0], m, -1).mean(dim=1)
 
-    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, graphed: GraphedFunction, x: torch.Tensor) -> torch.Tensor:
+        return graphed(x) if self.cuda_graphs else graphed.fn(x)
+
+    # The graphed functions: each a pure function of its input tensor (sigma, t* and the weights are fixed).
+    def _denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x_noisy, self.config.sigma)
+
+    def _unet_eps(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.denoiser.model_output(x_t, self.denoiser.coefficients(self.config.sigma).t)
+
+    def _classify_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x.to(self.dtype)).float()
+
+    def _net_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier.net(inputs).float()
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self._graphed_classify, x)
 
     def _local_noise(self, x: torch.Tensor, positions: SamplePositions | None) -> torch.Tensor:
         """[m, C, H, W] (fixed, broadcast over the batch) or [B, m, C, H, W] (fresh) standard normal noise."""

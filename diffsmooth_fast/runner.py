@@ -27,8 +27,8 @@ import torch
 from . import __version__, distributed, io, resume, stats
 from .build import Job, build_job
 from .certify import SampleShard
-from .configs import (DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig, check_combination,
-                      resolve_models, result_settings)
+from .configs import (BATCH_AUTO, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
+                      check_combination, resolve_models, result_settings)
 from .pipeline import MethodConfig
 from .progress import Progress
 
@@ -109,6 +109,7 @@ def _run_single(plan: _Plan) -> int:
     if resuming:
         resume.check_resumable(out.out, plan.header, settings)
     job = plan.build()
+    _note_batch(plan, job)
     if out.overwrite:
         distributed.remove_parts(out.out)  # out itself is replaced by open_output
     session = _session(job, plan.argv, plan.options)
@@ -139,6 +140,7 @@ def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
         return settings, plan.build(), resuming and part_exists, merged
 
     settings, job, resuming, merged = distributed.agree(ctx, prepare)
+    _note_batch(plan, job, f"{ctx.label} ")
     if plan.output.overwrite and rank == 0:
         distributed.remove_outputs(out, keep_world_size=world)  # the ranks replace their own parts
     share = distributed.image_share(job.indices, rank, world)
@@ -173,6 +175,7 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
         return settings, plan.build(), exists and out.resume
 
     settings, job, resuming = distributed.agree(ctx, prepare)
+    _note_batch(plan, job, f"{ctx.label} ")
     job = replace(job, smooth=job.smooth.with_shard(SampleShard(rank, ctx.world_size, distributed.all_reduce_sum)))
     if rank == 0 and out.overwrite:
         distributed.remove_parts(out.out)  # out itself is replaced by open_output
@@ -188,6 +191,12 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
     if rank == 0:
         _summary(plan.command, rows, job)
     return 0
+
+
+def _note_batch(plan: _Plan, job: Job, label: str = "") -> None:
+    """Say on stderr which batch ``--batch auto`` picked (it is also in the sidecar's session entry)."""
+    if plan.sampling.batch == BATCH_AUTO and not plan.output.quiet:
+        print(f"{label}--batch auto: {job.batch} noisy samples per call on {job.device}", file=sys.stderr)
 
 
 def _part_settings(settings: Mapping[str, object], rank: int, world_size: int) -> dict[str, object]:
@@ -224,9 +233,9 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> io.Certi
     start = time.perf_counter()
     try:
         if command == "certify":
-            pred, radius = job.smooth.certify(x, sampling.n0, sampling.n, sampling.alpha, sampling.batch, idx=idx)
+            pred, radius = job.smooth.certify(x, sampling.n0, sampling.n, sampling.alpha, job.batch, idx=idx)
         else:
-            pred = job.smooth.predict(x, sampling.n, sampling.alpha, sampling.batch, idx=idx)
+            pred = job.smooth.predict(x, sampling.n, sampling.alpha, job.batch, idx=idx)
     except ValueError as exc:
         raise ValueError(f"image {idx}: {exc}") from None
     elapsed = time.perf_counter() - start
@@ -252,6 +261,7 @@ def _session(job: Job, argv: Sequence[str], options: Mapping[str, object]) -> di
         "device": device,
         "noise_backend": job.backend,
         "num_classes": job.num_classes,
+        "batch": job.batch,  # --batch auto resolved; not a result setting (noise is drawn by position)
         "images": len(job.indices),
         "host": platform.node(),
         "versions": {"diffsmooth_fast": __version__, "torch": torch.__version__, "numpy": np.__version__,

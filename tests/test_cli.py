@@ -198,6 +198,7 @@ ERRORS = [
     (["--dataset", "cifar10", "--data", "nowhere"], "no such file or directory"),
     (["--alpha", "1.5"], "--alpha"),
     (["--batch", "0"], "--batch"),
+    (["--batch", "foo"], "--batch"),
     (["--skip", "0"], "--skip"),
     (["--backend", "warp"], "unknown backend"),
     (["--resume"], "exclude each other"),

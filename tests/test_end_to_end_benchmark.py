@@ -1,4 +1,5 @@
-"""The end-to-end benchmark (diffsmooth_fast.bench.end_to_end, ``diffsmooth-fast bench e2e``) on a CPU with tiny models: the JSON record it writes (fields, not timings), the cost
+"""The end-to-end benchmark (diffsmooth_fast.bench.end_to_end, ``diffsmooth-fast bench e2e``) on a CPU with tiny
+models: the JSON record it writes (fields, not timings), the cost
 table it computes MFU from, and that its paper-style baseline computes the same base classifier as the engine."""
 
 from __future__ import annotations
@@ -133,6 +134,24 @@ def test_a_failing_run_is_recorded(e2e, tmp_path, monkeypatch, capsys):
     assert record["runs"] == [{"name": "engine", "dtype": "float16", "batch": 16,
                                "error": "ValueError: base classifier returned NaN or infinite logits"}]
     assert record["speedup"] == {} and "FAILED" in capsys.readouterr().out
+
+
+def test_cuda_graphs_run_only_on_cuda(e2e, tmp_path, capsys):
+    """--cuda-graphs adds an engine+graphs run per dtype on CUDA; on a CPU it says so and runs the rest."""
+    path = tmp_path / "graphs.json"
+    record = e2e.main(["--device", "cpu", "--quick", "--tiny", "--images", "1", "--skip-baseline", "--dtype",
+                       "float32", "--n0", "4", "--n", "8", "--cuda-graphs", "--json", str(path)])
+    assert [(r["name"], r["dtype"]) for r in record["runs"]] == [("engine", "float32")]
+    assert record["settings"]["cuda_graphs"] is False and record["speedup_graphs"] == {}
+    assert "no engine+graphs run on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_run_matches_the_engine_on_gpu(e2e, tmp_path):
+    record = e2e.main(["--device", "cuda", "--quick", "--tiny", "--images", "2", "--skip-baseline", "--dtype",
+                       "float32", "--cuda-graphs", "--json", str(tmp_path / "graphs.json")])
+    assert [(r["name"], r["dtype"]) for r in record["runs"]] == [("engine", "float32"), ("engine+graphs", "float32")]
+    assert record["runs"][1]["matches_engine"] is True
 
 
 def test_rejects_bad_counts(e2e):

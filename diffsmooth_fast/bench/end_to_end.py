@@ -18,6 +18,10 @@ Runs, timed one after another on the same random images:
 * ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around
   :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
   samples per call, one host sync per image.
+* ``engine+graphs`` in each ``--dtype`` with ``--cuda-graphs`` (CUDA only): the same, the UNet and the classifier
+  replayed from CUDA graphs captured per batch shape. Its warm-up certifies with the run's n0 and n, so every
+  batch shape is captured before the clock starts; ``matches_engine`` says whether its predictions and radii are
+  the eager engine's (they should be).
 
 Each run certifies ``--images`` images with n0 selection and n estimation samples after an untimed warm-up.
 ``--quick`` samples n = ``quick_n`` instead of N (the paper's N: 100,000 on CIFAR-10, 10,000 on ImageNet) and
@@ -131,9 +135,10 @@ def _sync(device: torch.device) -> None:
 
 
 def time_certify(certify: Callable[[torch.Tensor, int, int, int], tuple[int, float]], images: torch.Tensor,
-                 n0: int, n: int, warm: int, device: torch.device) -> dict:
-    """Certify every image (after an untimed warm-up certificate of ``warm`` samples per phase)."""
-    certify(images[0], 0, warm, warm)
+                 n0: int, n: int, warm: int | tuple[int, int], device: torch.device) -> dict:
+    """Certify every image (after an untimed warm-up certificate of ``warm`` samples per phase, or of
+    ``(n0, n)`` samples when ``warm`` is a pair)."""
+    certify(images[0], 0, *(warm if isinstance(warm, tuple) else (warm, warm)))
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -215,6 +220,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--cuda-graphs", action="store_true", help="also time the engine with CUDA graphs "
+                        "(engine+graphs, in each --dtype; CUDA only)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", help="output file (default: a new file in the checkout's benchmarks/results/, or here)")
     args = parser.parse_args(argv)
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sigma": args.sigma, "local_sigma": local_sigma, "m": args.m, "alpha": args.alpha, "n0": setup.n0,
             "N": setup.N, "n": n, "engine_batch": engine_batch, "baseline_batch": args.baseline_batch,
             "dtypes": args.dtype, "seed": args.seed, "local_noise": "fixed", "weights": "random",
+            "cuda_graphs": args.cuda_graphs and device.type == "cuda",
             "warmup_samples_per_phase": warm,
             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -270,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
 
-    def measure(name: str, dtype: str, batch: int, certify: Callable, warm_samples: int) -> None:
+    def measure(name: str, dtype: str, batch: int, certify: Callable, warm_samples: int | tuple[int, int]) -> None:
         """Time one run and record it; a failure (out of memory, NaN in a low precision) is recorded, not fatal,
         so that one command still reports every other run."""
         run: dict = {"name": name, "dtype": dtype, "batch": batch}
@@ -279,13 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
         except (RuntimeError, ValueError) as exc:
             run["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             record["runs"].append(run)
-            print(f"{name:8s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
+            print(f"{name:13s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
             return
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         record["runs"].append(summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample))
-        print(f"{name:8s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
+        print(f"{name:13s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
               f"{' (extrapolated)' if run['extrapolated'] else ''}, {run['samples_per_second']:10.1f} samples/s, "
               f"MFU {100 * run['mfu']:6.2f}%", flush=True)
 
@@ -298,22 +306,36 @@ def main(argv: list[str] | None = None) -> dict:
         del baseline
     method = MethodConfig("diffsmooth", sigma=args.sigma, local_sigma_shift=setup.local_sigma_shift, m=args.m,
                           local_noise="fixed")
+    graphs = [False, True] if args.cuda_graphs and device.type == "cuda" else [False]
+    if args.cuda_graphs and device.type != "cuda":
+        print(f"--cuda-graphs: no engine+graphs run on {device.type} (CUDA graphs need a CUDA device)", flush=True)
     for name in args.dtype:
         dtype = DTYPES[name]
         den = Denoiser(copy.deepcopy(denoiser.unet).to(dtype), setup.unet_flags)
         clf = copy.deepcopy(classifier).to(dtype)
-        smooth = Smooth(PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype), setup.num_classes,
-                        args.sigma, seed=args.seed)
-        measure("engine", name, engine_batch,
-                lambda x, idx, n0_, n_: smooth.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx), warm)
-        del den, clf, smooth
+        for graphed in graphs:
+            base_classifier = PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype, cuda_graphs=graphed)
+            smooth = Smooth(base_classifier, setup.num_classes, args.sigma, seed=args.seed)
+            measure("engine+graphs" if graphed else "engine", name, engine_batch,
+                    lambda x, idx, n0_, n_, s=smooth: s.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
+                    (setup.n0, n) if graphed else warm)  # graphs: every batch shape captured before timing
+            del base_classifier, smooth
+        del den, clf
 
     done = [r for r in record["runs"] if "error" not in r]
+    for run in done:
+        if run["name"] == "engine+graphs":
+            eager = next((r for r in done if r["name"] == "engine" and r["dtype"] == run["dtype"]), None)
+            run["matches_engine"] = None if eager is None else (
+                (run["predictions"], run["radii"]) == (eager["predictions"], eager["radii"]))
     base = next((r for r in done if r["name"] == "baseline"), None)
-    record["speedup"] = {r["dtype"]: base["seconds_per_image"] / r["seconds_per_image"]
-                         for r in done if r["name"] == "engine"} if base else {}
+    for key, run_name in (("speedup", "engine"), ("speedup_graphs", "engine+graphs")):
+        record[key] = {r["dtype"]: base["seconds_per_image"] / r["seconds_per_image"]
+                       for r in done if r["name"] == run_name} if base else {}
     for dtype, ratio in record["speedup"].items():
         print(f"speedup of the engine in {dtype} over the baseline: {ratio:.2f}x")
+    for dtype, ratio in record["speedup_graphs"].items():
+        print(f"speedup of the engine with CUDA graphs in {dtype} over the baseline: {ratio:.2f}x")
     path = args.json or os.path.join(
         RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
