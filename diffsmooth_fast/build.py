@@ -67,6 +67,7 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
     device = sampling.torch_device()
     backend = resolve_backend(sampling.backend, device.type)
     dtype = DTYPES[models.dtype]
+    weights = torch.float32 if models.autocast else dtype  # with autocast the weights stay float32
     exact = None
     models = resolve_models(data, models, method)
     check_combination(data, models, method)
@@ -80,14 +81,21 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
         stats = data.dataset if data.dataset in ("cifar10", "imagenet") else None
         classifier = load_classifier(models.classifier, stats, models.normalization,
                                      trust_checkpoint=models.trust_checkpoint)
-    classifier = classifier.to(device=device, dtype=dtype if data.dataset != "toy" else torch.float32).eval()
+    classifier = classifier.to(device=device, dtype=weights if data.dataset != "toy" else torch.float32).eval()
     denoiser = None
     if method.uses_denoiser:
         flags = models.flags(data.dataset)
-        denoiser = Denoiser.from_flags(flags, models.denoiser, dtype=dtype, device=device,
+        denoiser = Denoiser.from_flags(flags, models.denoiser, dtype=weights, device=device,
                                        trust_checkpoint=models.trust_checkpoint)
+        if sampling.fuse_norms:
+            if device.type != "cuda":
+                log.info("--fuse-norms: no fused kernel on %s; the plain-PyTorch reference runs instead", device.type)
+            denoiser.unet.fuse_group_norms(backend)
+    is_toy = data.dataset == "toy"  # its linear model always runs in float32
     base = PurifiedClassifier(method, classifier, denoiser, seed=sampling.seed, backend=backend,
-                              dtype=dtype if data.dataset != "toy" else torch.float32, fused=sampling.fused)
+                              dtype=weights if not is_toy else torch.float32, fused=sampling.fused,
+                              channels_last=sampling.channels_last,
+                              autocast=dtype if models.autocast and not is_toy else None)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
     first = indices[0] if indices else 0
@@ -97,6 +105,8 @@ def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampl
         fraction = GRAPHS_MEMORY_FRACTION if sampling.cuda_graphs and device.type == "cuda" else MEMORY_FRACTION
         batch = auto_batch(base, images[first][0], method.sigma, max_batch=max(sampling.n0, sampling.n),
                            device=device, fraction=fraction, backend=backend)
+    if sampling.compile:  # after the probes, so that their batch shape is not compiled for nothing
+        base.compile_networks()
     if sampling.cuda_graphs and device.type != "cuda":
         log.info("--cuda-graphs: ignored on %s (CUDA graphs need a CUDA device)", device.type)
     base.cuda_graphs = sampling.cuda_graphs and device.type == "cuda"  # after the probes: no graph for their shapes

@@ -83,7 +83,10 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                        "the one matching the noise the method's classifier sees)")
     model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"], default="auto",
                        help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
-    model.add_argument("--dtype", choices=list(DTYPES), default="float32", help="models' precision")
+    model.add_argument("--dtype", choices=list(DTYPES), default="float32", help="models' precision (weights held "
+                       "in it; see --autocast)")
+    model.add_argument("--autocast", action="store_true", help="keep the weights in float32 and run the models "
+                       "under torch.autocast in --dtype (float16 or bfloat16)")
     model.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that run code to load")
     smooth = p.add_argument_group("smoothing")
     smooth.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std (pixels in [0, 1])")
@@ -111,6 +114,12 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                      "classifier's normalisation in one kernel (same results up to float32 rounding)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay the UNet and the classifier from CUDA "
                      "graphs captured per batch shape (same results; ignored on a CPU)")
+    run.add_argument("--channels-last", action="store_true", help="run both networks in channels_last memory "
+                     "format (faster half-precision convolutions on NVIDIA GPUs; same function)")
+    run.add_argument("--fuse-norms", action="store_true", help="the UNet's GroupNorm + scale-shift + SiLU as one "
+                     "Triton kernel (GPU; on a CPU it runs the plain-PyTorch reference)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the UNet and the classifier (each batch "
+                     "shape compiles on first use: minutes for a full-size UNet)")
     run.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
     run.add_argument("--out", default="-", help="output TSV path (sidecar: OUT.json), or - for stdout")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
@@ -161,13 +170,14 @@ def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodC
     skip = default_skip(dataset) if args.skip is None else args.skip
     data = DataConfig(dataset, args.data, args.split, skip, args.max)
     models = ModelConfig(args.denoiser, args.denoiser_preset, args.denoiser_defaults, flags, args.classifier,
-                         args.normalization, args.dtype, args.trust_checkpoint)
+                         args.normalization, args.dtype, args.trust_checkpoint, args.autocast)
     smoothing = MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
                              args.reverse_steps, args.reverse_runs)
     models = resolve_models(data, models, smoothing, args.demo_classifier)
     n = default_n(dataset) if args.n is None else args.n
     sampling = SamplingConfig(getattr(args, "n0", 100), n, args.alpha, args.batch, args.seed, args.backend,
-                              args.device, args.fused, args.cuda_graphs)
+                              args.device, args.fused, args.cuda_graphs, args.channels_last, args.fuse_norms,
+                              args.compile)
     return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
 
 

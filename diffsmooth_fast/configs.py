@@ -61,7 +61,8 @@ class ModelConfig:
     """The checkpoints: an OpenAI diffusion model (``denoiser``, with a preset or OpenAI flags) and a classifier.
 
     ``denoiser_flags`` are (OpenAI name, value) pairs; with a preset they override it. Without either, a
-    cifar10/imagenet dataset implies its preset. ``dtype`` is the models' precision.
+    cifar10/imagenet dataset implies its preset. ``dtype`` is the models' precision: their weights are held in it,
+    or, with ``autocast``, kept in float32 and the forward passes run under ``torch.autocast`` in ``dtype``.
     """
 
     denoiser: str | None = None
@@ -72,10 +73,13 @@ class ModelConfig:
     normalization: str = "auto"
     dtype: str = "float32"
     trust_checkpoint: bool = False
+    autocast: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.autocast and self.dtype == "float32":
+            raise ValueError("--autocast runs the models in --dtype float16 or bfloat16; give one of them")
         if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--normalization must be auto or one of {', '.join(NORMALIZATIONS)}")
         if self.denoiser is None and (self.denoiser_preset or self.denoiser_flags):
@@ -132,6 +136,9 @@ class SamplingConfig:
     device: str = "auto"
     fused: bool = False  # diffsmooth/dds: denoise + local noise + normalisation in one kernel (PurifiedClassifier)
     cuda_graphs: bool = False  # the UNet and classifier replayed from CUDA graphs per batch shape (graphs.py)
+    channels_last: bool = False  # both networks in NHWC memory format (PurifiedClassifier)
+    fuse_norms: bool = False  # the UNet's GroupNorm + scale-shift + SiLU as one kernel (UNet.fuse_group_norms)
+    compile: bool = False  # torch.compile the UNet and the classifier network (PurifiedClassifier.compile_networks)
 
     def __post_init__(self) -> None:
         _int("--n0", self.n0, 1)
@@ -278,6 +285,8 @@ def result_settings(command: str, data: DataConfig, models: ModelConfig, method:
     if command == "certify":
         settings["n0"] = sampling.n0
     settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, dtype=models.dtype)
+    if models.autocast:  # only when set, so that files written before the option existed still resume
+        settings["autocast"] = True
     if method.uses_denoiser:
         flags = models.flags(data.dataset)
         settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),

@@ -25,6 +25,7 @@ randomness independent of the smoothing noise.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -151,14 +152,22 @@ class PurifiedClassifier(nn.Module):
             the reverse process, at Philox offsets that change with every batch) stays outside the graphs, so
             the results are those of the eager path. Multistep graphs its classifier only (its UNet calls change
             step by step). A no-op for CPU tensors. May be switched on or off between calls.
+        channels_last: hold both networks and feed them their inputs in channels_last (NHWC) memory format, which
+            cuDNN's half-precision convolutions prefer. Converts the networks' parameters in place. Same function.
+        autocast: run both networks under ``torch.autocast`` in this dtype (float16 or bfloat16) with their weights
+            left in float32 (``dtype`` should then be float32): the alternative to holding the models in half
+            precision, for parity checks; GroupNorm and the attention softmax stay in float32 either way.
     """
 
     accepts_positions = True
 
     def __init__(self, config: MethodConfig, classifier: nn.Module, denoiser: Denoiser | None = None, *,
                  seed: int = 0, backend: str | None = "auto", dtype: torch.dtype = torch.float32,
-                 fused: bool = False, cuda_graphs: bool = False) -> None:
+                 fused: bool = False, cuda_graphs: bool = False, channels_last: bool = False,
+                 autocast: torch.dtype | None = None) -> None:
         super().__init__()
+        if autocast not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be torch.float16 or torch.bfloat16, got {autocast!r}")
         if config.uses_denoiser and denoiser is None:
             raise ValueError(f"method {config.method} needs a diffusion model (--denoiser)")
         if not config.uses_denoiser and denoiser is not None:
@@ -176,6 +185,11 @@ class PurifiedClassifier(nn.Module):
             self.reverse = ReverseProcess(denoiser, config.sigma, config.reverse_steps)
         self._fixed: dict[tuple, torch.Tensor] = {}
         self.cuda_graphs = cuda_graphs
+        self.channels_last, self.autocast = channels_last, autocast
+        if channels_last:
+            for net in (classifier, denoiser):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
         pool = GraphPool()  # the two networks run one after the other on one stream: one pool (graphs.py)
         self._graphed_denoise = GraphedFunction(self._unet_eps if self.fused else self._denoise, name="denoiser",
                                                 pool=pool)
@@ -217,8 +231,8 @@ class PurifiedClassifier(nn.Module):
             noise = {"local_noise": self._local_noise(x_noisy, positions).float()}
         norm = self.classifier.normalization
         inputs = denoise_replicate(x_t, eps, c.sqrt_recip_alpha_bar, c.sqrt_recipm1_alpha_bar, m, sigma,
-                                   mean=norm.mean, std=norm.std, dtype=self.dtype, backend=self._backend(x_noisy),
-                                   **noise)
+                                   mean=norm.mean, std=norm.std, dtype=self.dtype, channels_last=self.channels_last,
+                                   backend=self._backend(x_noisy), **noise)
         logits = self._run(self._graphed_classify, inputs)
         if not cfg.uses_local_noise:
             return logits
@@ -229,16 +243,41 @@ class PurifiedClassifier(nn.Module):
 
     # The graphed functions: each a pure function of its input tensor (sigma, t* and the weights are fixed).
     def _denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x_noisy, self.config.sigma)
+        with self._precision(x_noisy):
+            return self.denoiser(self._layout(x_noisy), self.config.sigma)
 
     def _unet_eps(self, x_t: torch.Tensor) -> torch.Tensor:
-        return self.denoiser.model_output(x_t, self.denoiser.coefficients(self.config.sigma).t)
+        with self._precision(x_t):
+            return self.denoiser.model_output(self._layout(x_t), self.denoiser.coefficients(self.config.sigma).t)
 
     def _classify_eager(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x.to(self.dtype)).float()
+        with self._precision(x):
+            return self.classifier(self._layout(x.to(self.dtype))).float()
 
     def _net_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.classifier.net(inputs).float()
+        with self._precision(inputs):
+            return self.classifier.net(self._layout(inputs)).float()
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the networks' memory format (a no-op when it already is, e.g. denoise_replicate's output)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast)
+
+    def compile_networks(self, **options: object) -> PurifiedClassifier:
+        """Compile the UNet and the classifier network with ``torch.compile(**options)`` (e.g. ``mode=``,
+        ``backend=``); the first call of each batch shape then compiles (minutes for a full-size UNet). Compatible
+        with ``cuda_graphs`` as long as ``options`` do not ask torch.compile for CUDA graphs of its own
+        (``mode="reduce-overhead"``). Returns self."""
+        options.setdefault("dynamic", False)  # certification sees two or three batch shapes: specialise on each
+        if self.denoiser is not None:
+            self.denoiser.unet.forward = torch.compile(self.denoiser.unet.forward, **options)
+        net = self.classifier.net if isinstance(self.classifier, NormalizedClassifier) else self.classifier
+        net.forward = torch.compile(net.forward, **options)
+        return self
 
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(self._graphed_classify, x)
