@@ -2,6 +2,8 @@
 # Everything that needs a GPU, in one command, on one CUDA machine (sized for ~25 minutes on one H100):
 #
 #   bash benchmarks/gpu_run.sh [RESULTS_DIR]        (default: benchmarks/results/gpu-<UTC time>)
+#   PROFILE=short bash benchmarks/gpu_run.sh ...    (under 10 minutes: build, GPU tests, end to end in bf16 with
+#                                                    and without every speed option, one image each, kernels)
 #
 #  1. builds the CUDA extension in place (editable install, CUDA required);
 #  2. runs the GPU tests (pytest -m gpu);
@@ -74,10 +76,23 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 unset TRITON_INTERPRET
 
 # --- 1. build -------------------------------------------------------------------------------------------------
-step build "${LIMIT_BUILD:-900}" env DIFFSMOOTH_CUDA=1 pip install --no-build-isolation --no-deps -e .
+if [ "${PROFILE:-full}" = short ]; then BUILD_LIMIT=${LIMIT_BUILD:-300}; else BUILD_LIMIT=${LIMIT_BUILD:-900}; fi
+step build "$BUILD_LIMIT" env DIFFSMOOTH_CUDA=1 pip install --no-build-isolation --no-deps -e .
 step extension-check 120 python -c "import diffsmooth_fast._C, diffsmooth_fast._C_cuda; \
 from diffsmooth_fast.ops import unavailable_reason as u; print({b: u(b, 'cuda') or 'ok' for b in ('cuda', 'triton')})"
 
+if [ "${PROFILE:-full}" = short ]; then
+  # One short device call: the GPU tests, then each preset's engine in bfloat16, plain and with every speed
+  # option, against the baseline on one image, then the kernels. No CPU-only work (CI runs that).
+  step pytest-gpu "${LIMIT_GPU_TESTS:-150}" python -m pytest -m gpu -q -rs --junitxml="$OUT/pytest-gpu.xml"
+  for preset in cifar10 imagenet; do
+    step "end_to_end-$preset" "${LIMIT_E2E:-120}" diffsmooth-fast bench e2e --preset "$preset" --quick --images 1 \
+      --dtype bfloat16 --variants graphs fast --device cuda --json "$OUT/end_to_end-$preset.json"
+  done
+  step bench-ops-cuda 60 diffsmooth-fast bench ops --device cuda --rounds 5 --json "$OUT/bench_ops_cuda.json"
+fi
+
+if [ "${PROFILE:-full}" != short ]; then
 # --- 2. GPU tests ---------------------------------------------------------------------------------------------
 step pytest-gpu "${LIMIT_GPU_TESTS:-600}" python -m pytest -m gpu -q -rs --junitxml="$OUT/pytest-gpu.xml"
 
@@ -90,11 +105,12 @@ step op-ratios-cpu 300 python benchmarks/op_ratios.py --json "$OUT/op_ratios_cpu
 # --- 4. end to end: engine vs paper-style baseline, quick (n extrapolated to the paper's N) -------------------
 for preset in cifar10 imagenet; do
   step "end_to_end-$preset" "${LIMIT_E2E:-600}" diffsmooth-fast bench e2e --preset "$preset" --quick \
-    --dtype bfloat16 float16 float32 --cuda-graphs --device cuda --json "$OUT/end_to_end-$preset.json"
+    --dtype bfloat16 float16 float32 --variants graphs fused fast --device cuda --json "$OUT/end_to_end-$preset.json"
 done
 
 # --- 5. the rest of the test suite ----------------------------------------------------------------------------
 step pytest-rest "${LIMIT_SUITE:-900}" python -m pytest -m "not gpu" -q -rs --junitxml="$OUT/pytest-rest.xml"
+fi
 
 # --- 6. summary -----------------------------------------------------------------------------------------------
 python - "$OUT" <<'EOF' | tee -a "$SUMMARY"
@@ -108,16 +124,16 @@ for path in sorted(glob.glob(os.path.join(out, "end_to_end-*.json"))):
           f"{s['images']} images")
     for run in r["runs"]:
         if "error" in run:
-            print(f"  {run['name']:13s} {run['dtype']:8s} batch {run['batch']:5d}: FAILED: {run['error']}")
+            print(f"  {run['name']:28s} {run['dtype']:8s} batch {run['batch']:5d}: FAILED: {run['error']}")
             continue
         mem = run["peak_gpu_memory_bytes"]
-        print(f"  {run['name']:13s} {run['dtype']:8s} batch {run['batch']:5d}: {run['seconds_per_image']:9.2f} s/image "
+        same = "" if "matches_engine" not in run else f"  same certificates as engine: {run['matches_engine']}"
+        print(f"  {run['name']:28s} {run['dtype']:8s} batch {run['batch']:5d}: {run['seconds_per_image']:9.2f} s/image "
               f"{run['samples_per_second']:9.1f} samples/s  MFU {100 * run['mfu']:5.1f}%  "
-              f"peak {mem / 2**30 if mem else 0:6.2f} GiB")
-    for dtype, ratio in r["speedup"].items():
-        print(f"  speedup {dtype}: {ratio:.2f}x")
-    for dtype, ratio in r.get("speedup_graphs", {}).items():
-        print(f"  speedup with CUDA graphs {dtype}: {ratio:.2f}x")
+              f"peak {mem / 2**30 if mem else 0:6.2f} GiB{same}")
+    for name, ratios in r.get("speedups", {"engine": r["speedup"]}).items():
+        for dtype, ratio in ratios.items():
+            print(f"  speedup {dtype}: {ratio:.2f}x ({name} over the baseline)")
 path = os.path.join(out, "bench_ops.json")
 if os.path.exists(path):
     print("\n== kernels (median, pytest-benchmark)")

@@ -77,7 +77,7 @@ def test_tiny_quick_run_writes_the_record(tiny_run):
     assert runs[0]["batch"] == 50 and runs[1]["batch"] == 16
     assert set(record["speedup"]) == {"float32", "bfloat16"}
     assert record["speedup"]["float32"] == pytest.approx(runs[0]["seconds_per_image"] / runs[1]["seconds_per_image"])
-    assert "(extrapolated)" in out and "speedup of the engine in bfloat16" in out and str(path) in out
+    assert "(extrapolated)" in out and "speedup of engine in bfloat16" in out and str(path) in out
 
 
 def test_cost_table_matches_counted_flops(e2e):
@@ -119,6 +119,21 @@ def test_gpu_run_script_dry_run(tiny_run):
     assert "speedup bfloat16: " in (path.parent / "summary.txt").read_text()
 
 
+def test_gpu_run_short_profile_fits_one_device_call(tiny_run):
+    """PROFILE=short: no CPU-only steps, and its time limits add up to under 10 minutes."""
+    path, _, _ = tiny_run
+    done = subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu_run.sh"), str(path.parent / "short")],
+                          env={**os.environ, "DRY_RUN": "1", "PROFILE": "short"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    starts = re.findall(r"start (\S+) \(limit (\d+)s\)", done.stdout)
+    names = [name for name, _ in starts]
+    assert names == ["build", "extension-check", "pytest-gpu", "end_to_end-cifar10", "end_to_end-imagenet",
+                     "bench-ops-cuda"]
+    assert sum(int(limit) for _, limit in starts) <= 900  # limits are ceilings; the expected total is ~7 minutes
+    assert "--variants graphs fast" in done.stdout
+
+
 def test_a_failing_run_is_recorded(e2e, tmp_path, monkeypatch, capsys):
     """One run failing (out of memory, NaN in float16) leaves an error entry and the other runs' results."""
 
@@ -157,3 +172,25 @@ def test_cuda_graphs_run_matches_the_engine_on_gpu(e2e, tmp_path):
 def test_rejects_bad_counts(e2e):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--images", "0"])
+
+
+def test_variants_time_the_engine_with_its_speed_options(e2e, tmp_path, capsys):
+    """--variants adds one engine run per option set; on a CPU the graphed ones are skipped with a note, the others
+    run and are compared with the plain engine's certificates."""
+    record = e2e.main(["--device", "cpu", "--quick", "--tiny", "--images", "1", "--dtype", "float32", "--n0", "4",
+                       "--n", "8", "--variants", "cl+fused+norms", "fast", "--json", str(tmp_path / "v.json")])
+    out = capsys.readouterr().out
+    assert "no engine+fused+norms+cl+graphs run on cpu" in out
+    runs = {r["name"]: r for r in record["runs"]}
+    assert set(runs) == {"baseline", "engine", "engine+fused+norms+cl"}
+    fast = runs["engine+fused+norms+cl"]
+    assert fast["prediction_agreement"] == 1.0 and fast["max_radius_diff"] < 1e-3
+    assert set(record["speedups"]) == {"engine", "engine+fused+norms+cl"}
+    assert record["settings"]["variants"] == ["fused+norms+cl", "fused+norms+cl+graphs"]
+
+
+def test_unknown_variant_is_refused(e2e):
+    assert e2e.parse_variant("graphs+fused") == ("fused", "graphs")
+    assert e2e.parse_variant("fast+compile") == ("fused", "norms", "cl", "graphs", "compile")
+    with pytest.raises(SystemExit):
+        e2e.main(["--device", "cpu", "--tiny", "--variants", "turbo"])

@@ -18,10 +18,13 @@ Runs, timed one after another on the same random images:
 * ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around
   :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
   samples per call, one host sync per image.
-* ``engine+graphs`` in each ``--dtype`` with ``--cuda-graphs`` (CUDA only): the same, the UNet and the classifier
-  replayed from CUDA graphs captured per batch shape. Its warm-up certifies with the run's n0 and n, so every
-  batch shape is captured before the clock starts; ``matches_engine`` says whether its predictions and radii are
-  the eager engine's (they should be).
+* ``engine+OPTIONS`` in each ``--dtype`` for each ``--variants`` entry: the engine with speed options on, '+'-joined
+  from ``fused`` (``--fused``), ``norms`` (``--fuse-norms``), ``cl`` (``--channels-last``), ``graphs``
+  (``--cuda-graphs``, CUDA only) and ``compile`` (``--compile``); ``fast`` means ``fused+norms+cl+graphs``.
+  ``--cuda-graphs`` adds ``graphs``. Runs with graphs or compile warm up with the run's n0 and n, so every batch
+  shape is captured / compiled before the clock starts. ``matches_engine`` says whether their predictions and
+  radii equal the plain engine's (graphs: they should; fused kernels and norms: up to float rounding, so a
+  radius may differ in its last digits), with ``prediction_agreement`` and ``max_radius_diff``.
 
 Each run certifies ``--images`` images with n0 selection and n estimation samples after an untimed warm-up.
 ``--quick`` samples n = ``quick_n`` instead of N (the paper's N: 100,000 on CIFAR-10, 10,000 on ImageNet) and
@@ -201,6 +204,36 @@ def device_info(device: torch.device) -> dict:
     return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
 
+VARIANT_OPTIONS = ("fused", "norms", "cl", "graphs", "compile")
+
+
+def parse_variant(text: str) -> tuple[str, ...]:
+    """'fused+graphs' -> ('fused', 'graphs') in VARIANT_OPTIONS order; 'fast' is fused+norms+cl+graphs."""
+    parts = set()
+    for part in text.split("+"):
+        part = part.strip()
+        if part == "fast":
+            parts.update(("fused", "norms", "cl", "graphs"))
+        elif part in VARIANT_OPTIONS:
+            parts.add(part)
+        else:
+            raise ValueError(f"unknown engine option {part!r} in --variants {text!r}; choose from "
+                             f"{', '.join(VARIANT_OPTIONS)} or fast")
+    return tuple(o for o in VARIANT_OPTIONS if o in parts)
+
+
+def engine_base(method: MethodConfig, classifier: nn.Module, unet: nn.Module, flags: OpenAIFlags, dtype: torch.dtype,
+                options: tuple[str, ...], seed: int) -> PurifiedClassifier:
+    """The engine's base classifier with ``options`` on, on copies of the float32 models cast to ``dtype``."""
+    unet = copy.deepcopy(unet).to(dtype)
+    if "norms" in options:
+        unet.fuse_group_norms("auto")
+    base = PurifiedClassifier(method, copy.deepcopy(classifier).to(dtype), Denoiser(unet, flags), seed=seed,
+                              dtype=dtype, fused="fused" in options, cuda_graphs="graphs" in options,
+                              channels_last="cl" in options)
+    return base.compile_networks() if "compile" in options else base
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="diffsmooth-fast bench e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cifar10", choices=sorted(SETUPS))
@@ -222,9 +255,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--cuda-graphs", action="store_true", help="also time the engine with CUDA graphs "
                         "(engine+graphs, in each --dtype; CUDA only)")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="OPTIONS", help="more engine runs per dtype, "
+                        "each '+'-joined from " + ", ".join(VARIANT_OPTIONS) + " (fast: fused+norms+cl+graphs)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", help="output file (default: a new file in the checkout's benchmarks/results/, or here)")
     args = parser.parse_args(argv)
+    try:
+        args.variants = [parse_variant(v) for v in args.variants]
+    except ValueError as exc:
+        parser.error(str(exc))
     for name in ("batch", "baseline_batch", "images", "n0", "N", "n", "m", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -266,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
             "N": setup.N, "n": n, "engine_batch": engine_batch, "baseline_batch": args.baseline_batch,
             "dtypes": args.dtype, "seed": args.seed, "local_noise": "fixed", "weights": "random",
             "cuda_graphs": args.cuda_graphs and device.type == "cuda",
+            "variants": ["+".join(v) for v in args.variants],
             "warmup_samples_per_phase": warm,
             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -287,13 +327,13 @@ def main(argv: list[str] | None = None) -> dict:
         except (RuntimeError, ValueError) as exc:
             run["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             record["runs"].append(run)
-            print(f"{name:13s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
+            print(f"{name:28s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
             return
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         record["runs"].append(summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample))
-        print(f"{name:13s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
+        print(f"{name:28s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
               f"{' (extrapolated)' if run['extrapolated'] else ''}, {run['samples_per_second']:10.1f} samples/s, "
               f"MFU {100 * run['mfu']:6.2f}%", flush=True)
 
@@ -306,36 +346,46 @@ def main(argv: list[str] | None = None) -> dict:
         del baseline
     method = MethodConfig("diffsmooth", sigma=args.sigma, local_sigma_shift=setup.local_sigma_shift, m=args.m,
                           local_noise="fixed")
-    graphs = [False, True] if args.cuda_graphs and device.type == "cuda" else [False]
-    if args.cuda_graphs and device.type != "cuda":
-        print(f"--cuda-graphs: no engine+graphs run on {device.type} (CUDA graphs need a CUDA device)", flush=True)
+    variants: list[tuple[str, ...]] = [()]
+    for options in [*(("graphs",),) * args.cuda_graphs, *args.variants]:
+        if "graphs" in options and device.type != "cuda":
+            print(f"no engine+{'+'.join(options)} run on {device.type} (CUDA graphs need a CUDA device)", flush=True)
+        elif options not in variants:
+            variants.append(options)
     for name in args.dtype:
         dtype = DTYPES[name]
-        den = Denoiser(copy.deepcopy(denoiser.unet).to(dtype), setup.unet_flags)
-        clf = copy.deepcopy(classifier).to(dtype)
-        for graphed in graphs:
-            base_classifier = PurifiedClassifier(method, clf, den, seed=args.seed, dtype=dtype, cuda_graphs=graphed)
+        for options in variants:
+            base_classifier = engine_base(method, classifier, denoiser.unet, setup.unet_flags, dtype, options,
+                                          args.seed)
             smooth = Smooth(base_classifier, setup.num_classes, args.sigma, seed=args.seed)
-            measure("engine+graphs" if graphed else "engine", name, engine_batch,
+            # graphs and compile: every batch shape captured / compiled before the clock starts
+            staged = "graphs" in options or "compile" in options
+            measure("+".join(("engine", *options)), name, engine_batch,
                     lambda x, idx, n0_, n_, s=smooth: s.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
-                    (setup.n0, n) if graphed else warm)  # graphs: every batch shape captured before timing
+                    (setup.n0, n) if staged else warm)
             del base_classifier, smooth
-        del den, clf
 
     done = [r for r in record["runs"] if "error" not in r]
     for run in done:
-        if run["name"] == "engine+graphs":
-            eager = next((r for r in done if r["name"] == "engine" and r["dtype"] == run["dtype"]), None)
-            run["matches_engine"] = None if eager is None else (
-                (run["predictions"], run["radii"]) == (eager["predictions"], eager["radii"]))
+        if run["name"].startswith("engine+"):
+            plain = next((r for r in done if r["name"] == "engine" and r["dtype"] == run["dtype"]), None)
+            if plain is None:
+                run["matches_engine"] = None
+                continue
+            run["matches_engine"] = (run["predictions"], run["radii"]) == (plain["predictions"], plain["radii"])
+            pairs = list(zip(run["predictions"], plain["predictions"]))
+            run["prediction_agreement"] = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+            run["max_radius_diff"] = max((abs(a - b) for a, b in zip(run["radii"], plain["radii"])), default=None)
     base = next((r for r in done if r["name"] == "baseline"), None)
-    for key, run_name in (("speedup", "engine"), ("speedup_graphs", "engine+graphs")):
-        record[key] = {r["dtype"]: base["seconds_per_image"] / r["seconds_per_image"]
-                       for r in done if r["name"] == run_name} if base else {}
-    for dtype, ratio in record["speedup"].items():
-        print(f"speedup of the engine in {dtype} over the baseline: {ratio:.2f}x")
-    for dtype, ratio in record["speedup_graphs"].items():
-        print(f"speedup of the engine with CUDA graphs in {dtype} over the baseline: {ratio:.2f}x")
+    record["speedups"] = {}
+    for r in done:
+        if r["name"] != "baseline" and base:
+            record["speedups"].setdefault(r["name"], {})[r["dtype"]] = base["seconds_per_image"] / r["seconds_per_image"]
+    record["speedup"] = record["speedups"].get("engine", {})  # the plain engine (and below, with graphs only)
+    record["speedup_graphs"] = record["speedups"].get("engine+graphs", {})
+    for run_name, ratios in record["speedups"].items():
+        for dtype, ratio in ratios.items():
+            print(f"speedup of {run_name} in {dtype} over the baseline: {ratio:.2f}x")
     path = args.json or os.path.join(
         RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
