@@ -26,6 +26,7 @@ randomness independent of the smoothing noise.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ from .denoiser import Denoiser, noisy_to_model_input
 from .graphs import GraphedFunction, GraphPool
 from .models.classifiers import NormalizedClassifier
 from .ops import denoise_replicate, gaussian_noise, resolve_backend
+
+log = logging.getLogger("diffsmooth_fast")
 
 METHODS = ("diffsmooth", "dds", "cohen", "local-only", "multistep")
 LOCAL_NOISE = ("fixed", "fresh", "reference")
@@ -274,6 +277,12 @@ class PurifiedClassifier(nn.Module):
         (``mode="reduce-overhead"``). Returns self."""
         options.setdefault("dynamic", False)  # certification sees two or three batch shapes: specialise on each
         if self.denoiser is not None:
+            # Inductor writes its own fused norm kernels, and tracing through the Triton op's Python dispatch
+            # would only add graph breaks: compiled UNets run the unfused modules.
+            fused_norms = [m for m in self.denoiser.unet.modules() if getattr(m, "fused_backend", None) is not None]
+            if fused_norms:
+                log.info("torch.compile: the UNet's fused norms are switched off (inductor fuses them itself)")
+                self.denoiser.unet.fuse_group_norms(None)
             self.denoiser.unet.forward = torch.compile(self.denoiser.unet.forward, **options)
         net = self.classifier.net if isinstance(self.classifier, NormalizedClassifier) else self.classifier
         net.forward = torch.compile(net.forward, **options)

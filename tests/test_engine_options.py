@@ -157,3 +157,15 @@ def test_gpu_inductor_compiled_networks_agree():
                               seed=7).compile_networks()
     torch.testing.assert_close(base(noisy(device="cuda"), positions=POSITIONS), scores("cuda"), rtol=0, atol=1e-4)
     torch._dynamo.reset()
+
+
+def test_compiling_switches_the_fused_norms_off(caplog):
+    torch._dynamo.reset()
+    den, clf = models()
+    den.unet.fuse_group_norms("auto")
+    base = PurifiedClassifier(CONFIG, clf, den, seed=7)
+    with caplog.at_level("INFO", logger="diffsmooth_fast"):
+        base.compile_networks(backend="eager")
+    assert all(getattr(m, "fused_backend", None) is None for m in den.unet.modules())
+    assert "fused norms are switched off" in caplog.text
+    torch._dynamo.reset()
