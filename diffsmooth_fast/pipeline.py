@@ -268,7 +268,8 @@ class PurifiedClassifier(nn.Module):
     def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(x.device.type, dtype=self.autocast)
+        # No weight-cast cache: it lives for one autocast context anyway, and CUDA graph capture requires it off.
+        return torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False)
 
     def compile_networks(self, **options: object) -> PurifiedClassifier:
         """Compile the UNet and the classifier network with ``torch.compile(**options)`` (e.g. ``mode=``,
