@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import philox_normal
+from .noise import COUNTER_ARGS, philox_normal
 
 # Input elements per program (each writes m outputs). Large blocks keep the CPU interpreter fast enough for
 # tests; on a GPU the kernel is memory-bound (or Philox-bound when drawing).
@@ -15,7 +15,7 @@ BLOCK = 1024
 NOISE_NONE, NOISE_SHARED, NOISE_PER_COPY, NOISE_DRAWN = 0, 1, 2, 3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=COUNTER_ARGS)
 def _denoise_kernel(
     out_ptr,  # *fp32/fp16/bf16 [B*m, C, H, W], NCHW or NHWC memory order; row b*m + j
     x_t_ptr,  # *fp32/fp16/bf16 logical [B, C, H, W] with strides sx_*

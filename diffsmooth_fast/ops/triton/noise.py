@@ -10,6 +10,13 @@ import triton.language as tl
 # for tests; on a GPU the kernel is bound by Philox arithmetic, not by the block size.
 BLOCK = 1024
 
+# The Philox counter arguments of every kernel that draws noise. The JIT must not specialise them on their value:
+# an int equal to 1 (seed 1, offset 1, stream 1 or 2**32) would become a compile-time Python int, which
+# philox_normal cannot .to() (the compiler rejects it: "'int' object has no attribute 'to'"; the interpreter does
+# not specialise, so only a GPU would hit it), and specialising on 1 or on divisibility by 16 would only add
+# compiles, as these values change every batch. Their width (i32, i64, u64) still follows the value.
+COUNTER_ARGS = ["seed", "offset", "stream_lo", "stream_hi"]
+
 
 @triton.jit
 def philox_normal(seed, pos, stream_lo, stream_hi):
@@ -25,7 +32,7 @@ def philox_normal(seed, pos, stream_lo, stream_hi):
     return z
 
 
-@triton.jit
+@triton.jit(do_not_specialize=COUNTER_ARGS)
 def _gaussian_noise_kernel(
     out_ptr,  # *fp32, numel elements, written contiguously
     numel,  # number of elements to write

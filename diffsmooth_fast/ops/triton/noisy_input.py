@@ -6,14 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import philox_normal
+from .noise import COUNTER_ARGS, philox_normal
 
 # Elements per program. Large blocks keep the CPU interpreter (TRITON_INTERPRET=1) fast enough for tests; on a
 # GPU the kernel is bound by Philox arithmetic, not by the block size.
 BLOCK = 1024
 
 
-@triton.jit
+@triton.jit(do_not_specialize=COUNTER_ARGS)
 def _noisy_input_kernel(
     out_ptr,  # *fp32/fp16/bf16 [B, C, H, W], NCHW or NHWC memory order; element i is written at out_ptr + i
     x_ptr,  # *fp32 [C, H, W] contiguous: the clean image
