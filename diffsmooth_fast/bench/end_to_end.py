@@ -39,11 +39,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -52,8 +49,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import diffsmooth_fast
 from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth
+from diffsmooth_fast.bench import record as record_info
 from diffsmooth_fast.bench.paper_baseline import PAPER_BATCH, PaperBaseline
 from diffsmooth_fast.bench.record import REPO
 from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier
@@ -172,38 +169,6 @@ def summarise(run: dict, images: int, n0: int, n: int, N: int, flops_per_sample:
     return run
 
 
-def git_state() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": None if status is None else bool(status)}
-
-
-def versions() -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"diffsmooth_fast": diffsmooth_fast.__version__, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda, "cudnn": cudnn, "python": platform.python_version()}
-
-
-def device_info(device: torch.device) -> dict:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return {"type": "cuda", "name": props.name, "memory_bytes": props.total_memory,
-                "capability": f"{props.major}.{props.minor}"}
-    return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-
-
 VARIANT_OPTIONS = ("fused", "norms", "cl", "graphs", "compile")
 
 
@@ -258,7 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=[], metavar="OPTIONS", help="more engine runs per dtype, "
                         "each '+'-joined from " + ", ".join(VARIANT_OPTIONS) + " (fast: fused+norms+cl+graphs)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--json", help="output file (default: a new file in the checkout's benchmarks/results/, or here)")
+    parser.add_argument("--json", help="output file (default: a new file in benchmarks/results/ of a checkout, or .)")
     args = parser.parse_args(argv)
     try:
         args.variants = [parse_variant(v) for v in args.variants]
@@ -293,10 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     warm = min(n, engine_batch)
     record: dict = {
         "benchmark": "end_to_end",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_info(device),
-        "versions": versions(),
-        "git": git_state(),
+        "created": record_info.now(),
+        "device": record_info.device_info(device),
+        "versions": record_info.versions(),
+        "git": record_info.git_state(),
         "settings": {
             "setup": setup.name, "preset": args.preset, "tiny": args.tiny, "quick": args.quick,
             "images": args.images, "image_size": setup.image_size, "num_classes": setup.num_classes,
@@ -380,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     record["speedups"] = {}
     for r in done:
         if r["name"] != "baseline" and base:
-            record["speedups"].setdefault(r["name"], {})[r["dtype"]] = base["seconds_per_image"] / r["seconds_per_image"]
+            ratio = base["seconds_per_image"] / r["seconds_per_image"]
+            record["speedups"].setdefault(r["name"], {})[r["dtype"]] = ratio
     record["speedup"] = record["speedups"].get("engine", {})  # the plain engine (and below, with graphs only)
     record["speedup_graphs"] = record["speedups"].get("engine+graphs", {})
     for run_name, ratios in record["speedups"].items():
