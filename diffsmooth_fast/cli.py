@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
-from . import analyze, runner
+from . import analyze, errors, runner
 from .bench import command as bench
 from .configs import (ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
                       default_n, default_skip, parse_batch, resolve_models)
@@ -23,7 +23,7 @@ from .distributed import RankFailure
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = errors.EXIT_USER_ERROR
 
 
 class _UsageError(ValueError):
@@ -211,18 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
         return runner.run(args.command, *_configs(args), argv=argv, options=options,
                           distribution=DistConfig(args.split_samples, args.dist_timeout))
-    except ValueError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the message held
-        print(f"diffsmooth-fast: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as exc:
-        print(f"diffsmooth-fast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except errors.Reported as exc:  # printed already (by every process of a torchrun run, see errors.py)
+        return exc.status
+    except (ValueError, OSError) as exc:
+        return errors.report(exc)
     except RankFailure as exc:
-        print(f"diffsmooth-fast: error: {exc}", file=sys.stderr)
+        errors.say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("diffsmooth-fast: interrupted; rerun with --resume to continue", file=sys.stderr)
+        errors.say("interrupted; rerun with --resume to continue")
         return 130
 
 

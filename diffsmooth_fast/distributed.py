@@ -39,7 +39,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from . import io, resume
+from . import errors, io, resume
 
 MODES = ("images", "samples")
 TEST_DIE_ENV = "DIFFSMOOTH_TEST_DIE_AFTER"
@@ -178,7 +178,8 @@ def agree(ctx: Context, action: Callable[[], T]) -> T:
     certifying while another has given up (it would wait for it until a timeout).
 
     Raises:
-        the rank's own exception; ValueError naming the first failing rank on the others.
+        errors.Reported: a user error (a setting, a file) on any rank, printed here on every rank (this rank's
+            own, or one naming the first failing rank); any other exception of this rank's as it is.
     """
     try:
         result, error = action(), None
@@ -188,13 +189,20 @@ def agree(ctx: Context, action: Callable[[], T]) -> T:
     messages: list[str | None] = [None] * ctx.world_size
     with _collective("checking the settings"):
         dist.all_gather_object(messages, message, group=ctx.control)
-    if error is not None:
-        raise error
     failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
-    if failed:
+    if not failed:
+        return result  # type: ignore[return-value]
+    if error is None:
         rank, text = failed[0]
-        raise ValueError(f"rank {rank} stopped the run: {text}")
-    return result  # type: ignore[return-value]
+        error = ValueError(f"rank {rank} stopped the run: {text}")
+    if not errors.is_user_error(error):
+        raise error  # a bug or a crash: its traceback, from this rank
+    # Every rank is stopping. torchrun stops the others as soon as one exits, so each prints its line first and
+    # leaves only when all have (errors.py); a peer that cannot even do that is already gone.
+    status = errors.report(error)
+    with contextlib.suppress(RuntimeError):
+        dist.barrier(group=ctx.control)
+    raise errors.Reported(status) from error
 
 
 def broadcast(ctx: Context, value: T) -> T:

@@ -7,6 +7,7 @@ import argparse
 import io as std_io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -245,3 +246,25 @@ def test_a_missing_dataset_or_classifier_is_named(files, capsys):
     assert "--classifier is required" in capsys.readouterr().err
     assert main(["certify", "--dataset", "toy", "--method", "dds", *SMALL]) == 2
     assert "toy problem has no diffusion model" in capsys.readouterr().err
+
+
+def test_an_error_line_is_written_in_one_piece(monkeypatch):
+    """The processes of a torchrun run share one stderr: a line written in two pieces (print writes the text and
+    the newline apart) can interleave with another process's into one garbled line."""
+    from diffsmooth_fast import errors
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert main(["certify", "--n", "0"]) == 2
+    assert len(writes) == 1 and writes[0].startswith("diffsmooth-fast: error: ") and writes[0].endswith("\n")
+    assert writes[0].count("\n") == 1
+    assert errors.report(FileNotFoundError(2, "No such file or directory", "x.pt")) == 2
+    assert writes[1] == "diffsmooth-fast: error: x.pt: No such file or directory\n"
