@@ -107,7 +107,8 @@ step op-ratios-cpu 300 python benchmarks/op_ratios.py --json "$OUT/op_ratios_cpu
 # --- 4. end to end: engine vs paper-style baseline, quick (n extrapolated to the paper's N) -------------------
 for preset in cifar10 imagenet; do
   step "end_to_end-$preset" "${LIMIT_E2E:-600}" diffsmooth-fast bench e2e --preset "$preset" --quick \
-    --dtype bfloat16 float16 float32 --variants graphs fused fast --device cuda --json "$OUT/end_to_end-$preset.json"
+    --dtype bfloat16 float16 float32 --variants amp graphs fused fast --device cuda \
+    --json "$OUT/end_to_end-$preset.json"
 done
 
 # --- 5. the rest of the test suite ----------------------------------------------------------------------------

@@ -189,8 +189,19 @@ def test_variants_time_the_engine_with_its_speed_options(e2e, tmp_path, capsys):
     assert record["settings"]["variants"] == ["fused+norms+cl", "fused+norms+cl+graphs"]
 
 
+def test_autocast_variant_keeps_float32_weights(e2e):
+    setup = e2e.TINY
+    denoiser, classifier = e2e.build_models(setup, torch.device("cpu"), seed=3)
+    method = MethodConfig("diffsmooth", sigma=0.25, m=2)
+    base = e2e.engine_base(method, classifier, denoiser.unet, setup.unet_flags, torch.bfloat16, ("amp",), seed=0)
+    assert base.autocast == torch.bfloat16 and next(base.denoiser.parameters()).dtype == torch.float32
+    held = e2e.engine_base(method, classifier, denoiser.unet, setup.unet_flags, torch.bfloat16, (), seed=0)
+    assert held.autocast is None and next(held.denoiser.parameters()).dtype == torch.bfloat16
+
+
 def test_unknown_variant_is_refused(e2e):
     assert e2e.parse_variant("graphs+fused") == ("fused", "graphs")
     assert e2e.parse_variant("fast+compile") == ("fused", "norms", "cl", "graphs", "compile")
+    assert e2e.parse_variant("cl+amp") == ("amp", "cl")
     with pytest.raises(SystemExit):
         e2e.main(["--device", "cpu", "--tiny", "--variants", "turbo"])

@@ -19,8 +19,9 @@ Runs, timed one after another on the same random images:
   :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
   samples per call, one host sync per image.
 * ``engine+OPTIONS`` in each ``--dtype`` for each ``--variants`` entry: the engine with speed options on, '+'-joined
-  from ``fused`` (``--fused``), ``norms`` (``--fuse-norms``), ``cl`` (``--channels-last``), ``graphs``
-  (``--cuda-graphs``, CUDA only) and ``compile`` (``--compile``); ``fast`` means ``fused+norms+cl+graphs``.
+  from ``amp`` (``--autocast``: float32 weights under autocast; not in float32), ``fused`` (``--fused``),
+  ``norms`` (``--fuse-norms``), ``cl`` (``--channels-last``), ``graphs`` (``--cuda-graphs``, CUDA only) and
+  ``compile`` (``--compile``); ``fast`` means ``fused+norms+cl+graphs``.
   ``--cuda-graphs`` adds ``graphs``. Runs with graphs or compile warm up with the run's n0 and n, so every batch
   shape is captured / compiled before the clock starts. ``matches_engine`` says whether their predictions and
   radii equal the plain engine's (graphs: they should; fused kernels and norms: up to float rounding, so a
@@ -169,7 +170,7 @@ def summarise(run: dict, images: int, n0: int, n: int, N: int, flops_per_sample:
     return run
 
 
-VARIANT_OPTIONS = ("fused", "norms", "cl", "graphs", "compile")
+VARIANT_OPTIONS = ("amp", "fused", "norms", "cl", "graphs", "compile")
 
 
 def parse_variant(text: str) -> tuple[str, ...]:
@@ -189,13 +190,16 @@ def parse_variant(text: str) -> tuple[str, ...]:
 
 def engine_base(method: MethodConfig, classifier: nn.Module, unet: nn.Module, flags: OpenAIFlags, dtype: torch.dtype,
                 options: tuple[str, ...], seed: int) -> PurifiedClassifier:
-    """The engine's base classifier with ``options`` on, on copies of the float32 models cast to ``dtype``."""
-    unet = copy.deepcopy(unet).to(dtype)
+    """The engine's base classifier with ``options`` on, on copies of the float32 models cast to ``dtype`` (with
+    ``amp``: kept in float32 and run under ``torch.autocast`` in ``dtype``)."""
+    amp = "amp" in options
+    weights = torch.float32 if amp else dtype
+    unet = copy.deepcopy(unet).to(weights)
     if "norms" in options:
         unet.fuse_group_norms("auto")
-    base = PurifiedClassifier(method, copy.deepcopy(classifier).to(dtype), Denoiser(unet, flags), seed=seed,
-                              dtype=dtype, fused="fused" in options, cuda_graphs="graphs" in options,
-                              channels_last="cl" in options)
+    base = PurifiedClassifier(method, copy.deepcopy(classifier).to(weights), Denoiser(unet, flags), seed=seed,
+                              dtype=weights, fused="fused" in options, cuda_graphs="graphs" in options,
+                              channels_last="cl" in options, autocast=dtype if amp else None)
     return base.compile_networks() if "compile" in options else base
 
 
@@ -320,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.dtype:
         dtype = DTYPES[name]
         for options in variants:
+            if "amp" in options and dtype == torch.float32:
+                continue  # autocast to float32 is the plain float32 run
             base_classifier = engine_base(method, classifier, denoiser.unet, setup.unet_flags, dtype, options,
                                           args.seed)
             smooth = Smooth(base_classifier, setup.num_classes, args.sigma, seed=args.seed)
