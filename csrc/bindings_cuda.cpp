@@ -1,6 +1,6 @@
 // CUDA implementations of the schemas defined in bindings.cpp; built into diffsmooth_fast._C_cuda only when
 // the installed torch has CUDA. Kernels are in cuda/*.cu, which include no torch headers.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -21,7 +21,7 @@ void gaussian_noise_cuda(at::Tensor& out, int64_t seed, int64_t offset, int64_t 
   const c10::cuda::CUDAGuard guard(out.device());
   const int err = diffsmooth::cuda::launch_gaussian_noise_f32(
       out.data_ptr<float>(), out.numel(), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-      static_cast<uint64_t>(stream), at::cuda::getCurrentCUDAStream().stream());
+      static_cast<uint64_t>(stream), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "gaussian_noise_: CUDA launch failed with error ", err);
 }
 
@@ -31,7 +31,7 @@ void noisy_input_cuda(at::Tensor& out, const at::Tensor& x, const c10::optional<
   const auto args =
       diffsmooth::bindings::noisy_input_args(out, x, noise, sigma, sqrt_abar, affine, seed, offset, stream);
   const c10::cuda::CUDAGuard guard(out.device());
-  const int err = diffsmooth::cuda::launch_noisy_input(args, at::cuda::getCurrentCUDAStream().stream());
+  const int err = diffsmooth::cuda::launch_noisy_input(args, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "noisy_input_: CUDA launch failed with error ", err);
 }
 
@@ -44,7 +44,7 @@ void denoise_replicate_cuda(at::Tensor& out, const at::Tensor& x_t, const at::Te
   const auto args = diffsmooth::bindings::denoise_args(out, x_t, eps, local_noise, mean, std, m, sqrt_recip_abar,
                                                        sqrt_recipm1_abar, local_sigma, seed, offset, stream);
   const c10::cuda::CUDAGuard guard(out.device());
-  const int err = diffsmooth::cuda::launch_denoise_replicate(args, at::cuda::getCurrentCUDAStream().stream());
+  const int err = diffsmooth::cuda::launch_denoise_replicate(args, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "denoise_replicate_: CUDA launch failed with error ", err);
 }
 
@@ -54,7 +54,7 @@ void vote_cuda(at::Tensor& counts, const at::Tensor& logits, int64_t m) {
   TORCH_CHECK(args.classes <= diffsmooth::cuda::kVoteMaxClasses, "vote_: the CUDA kernel takes at most ",
               diffsmooth::cuda::kVoteMaxClasses, " classes, got ", args.classes, "; use the triton backend");
   const c10::cuda::CUDAGuard guard(counts.device());
-  const int err = diffsmooth::cuda::launch_vote(args, at::cuda::getCurrentCUDAStream().stream());
+  const int err = diffsmooth::cuda::launch_vote(args, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "vote_: CUDA launch failed with error ", err);
 }
 
