@@ -164,7 +164,9 @@ class Smooth:
         if self.shard is not None:
             counts0, counts, status = self._reduce(status, counts0, counts)
         c_a = counts0.argmax()  # first maximum on ties, like numpy
-        c_a, n_a, flags = torch.stack([c_a, counts[c_a], status]).tolist()  # the one host sync
+        # gather, not counts[c_a]: indexing with a 0-dim tensor calls .item(), a second host sync on CUDA
+        n_a = counts.gather(0, c_a.view(1)).view(())
+        c_a, n_a, flags = torch.stack([c_a, n_a, status]).tolist()  # the one host sync
         self._raise_on(flags)
         return stats.certify_decision(c_a, n_a, n, alpha, self.sigma)
 
