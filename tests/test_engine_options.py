@@ -150,6 +150,7 @@ def test_gpu_fast_options_agree_with_float32(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_full  # inductor compiles both networks from a cold cache: too slow for the short GPU profile
 def test_gpu_inductor_compiled_networks_agree():
     torch._dynamo.reset()
     den, clf = models(torch.float32, "cuda")

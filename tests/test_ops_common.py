@@ -19,6 +19,12 @@ needs_triton = pytest.mark.skipif(
     not has_triton() or (not HAS_GPU and os.environ.get("TRITON_INTERPRET") != "1"),
     reason="needs triton (on a GPU, or under TRITON_INTERPRET=1)",
 )
+# Tests that hand Triton CPU tensors: only the interpreter runs those. On a GPU machine conftest.py leaves
+# TRITON_INTERPRET unset, the kernels compile for the GPU, and triton refuses CPU tensors (ops/dispatch.py).
+needs_triton_interpreter = pytest.mark.skipif(
+    not has_triton() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="runs Triton on CPU tensors: needs TRITON_INTERPRET=1 (the GPU runs are the gpu-marked tests)",
+)
 # The fast backends this machine can run, and where their tensors live (Triton on CPU = the interpreter).
 FAST = [pytest.param("cpp", marks=needs_cpp), pytest.param("triton", marks=needs_triton)]
 GPU_FAST = [pytest.param("cuda", marks=pytest.mark.gpu), pytest.param("triton", marks=pytest.mark.gpu)]

@@ -16,7 +16,7 @@ from diffsmooth_fast.models.unet import GroupNorm32, UNet
 from diffsmooth_fast.ops import group_norm_silu
 from diffsmooth_fast.ops.reference import group_norm_silu_ref
 
-from .test_ops_common import DT_IDS, FP32_ATOL, check_output, needs_triton
+from .test_ops_common import DT_IDS, FP32_ATOL, check_output, needs_triton_interpreter
 from .tiny_models import UNET_FLAGS, fill_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +55,7 @@ def naive(x, weight, bias, scale, shift, silu, dtype):
     return F.silu(y) if silu else y
 
 
-@needs_triton
+@needs_triton_interpreter
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape", [(64, 1, 1), (64, 3, 3), (96, 7, 7), (64, 8, 8)], ids=lambda s: "x".join(map(str, s)))
@@ -69,7 +69,7 @@ def test_fp32_matches_reference(mode, channels_last, shape, batch):
     check_output(got, want, None, torch.float32, channels_last)
 
 
-@needs_triton
+@needs_triton_interpreter
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("shape,block", [((96, 7, 7), 64), ((64, 8, 8), 32)], ids=["partial-last-block", "whole"])
 def test_multi_block_path(channels_last, shape, block):
@@ -85,7 +85,7 @@ def test_multi_block_path(channels_last, shape, block):
                  channels_last)
 
 
-@needs_triton
+@needs_triton_interpreter
 @pytest.mark.parametrize("block", [None, 512], ids=["one-block", "eight-blocks"])
 def test_large_offset_does_not_cancel(block):
     """Values 1000 +- 1: E[x^2] - E[x]^2 in float32 would lose the variance (~8% here); centred sums keep it.
@@ -101,7 +101,7 @@ def test_large_offset_does_not_cancel(block):
     assert err <= 2 * err_torch, (err, err_torch)
 
 
-@needs_triton
+@needs_triton_interpreter
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=DT_IDS[1:])
@@ -125,7 +125,7 @@ def test_cpu_backends_run_the_reference(backend):
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
-@needs_triton
+@needs_triton_interpreter
 def test_other_forms():
     """[B, C] scale/shift, no affine, odd strides (copied), float64 and autograd (both run the reference)."""
     x, weight, bias, scale, shift = _inputs(2, 64, 3, 3, seed=4)
@@ -182,7 +182,7 @@ def _tiny_unet(scale_shift: bool) -> UNet:
     return unet.eval()
 
 
-@needs_triton
+@needs_triton_interpreter
 @pytest.mark.parametrize("scale_shift", [True, False], ids=["scale-shift", "add-emb"])
 def test_unet_fused_equals_unfused(scale_shift):
     unet = _tiny_unet(scale_shift)
@@ -220,9 +220,14 @@ def test_unet_fused_trains():
 
 # --- on a GPU: the compiled kernel at CIFAR-10 UNet sizes ------------------------------------------------------
 
+# Each (dtype, layout) compiles 15 kernel variants: the short GPU profile runs bf16/nhwc only, what its
+# end-to-end 'fast' runs use (gpu_full: benchmarks/gpu_run.sh).
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=DT_IDS)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,channels_last", [
+    pytest.param(dtype, cl, id=f"{dt_id}-{'nhwc' if cl else 'nchw'}",
+                 marks=() if (dtype, cl) == (torch.bfloat16, True) else pytest.mark.gpu_full)
+    for dtype, dt_id in zip([torch.float32, torch.float16, torch.bfloat16], DT_IDS) for cl in (False, True)
+])
 def test_gpu_cifar_sizes(dtype, channels_last):
     """CIFAR-10 UNet activations: 128..512 channels at 32x32 down to 4x4 (one- and multi-block groups)."""
     for channels, size in [(128, 32), (384, 32), (512, 16), (256, 8), (512, 4)]:
