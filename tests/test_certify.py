@@ -218,3 +218,25 @@ def test_one_host_sync_per_certify_on_gpu(plane):
         torch.cuda.set_sync_debug_mode("default")
     syncs = [c for c in caught if "synchroniz" in str(c.message).lower()]
     assert len(syncs) == 1
+
+
+def test_certify_reads_no_scalar_from_the_counts():
+    """On a GPU every scalar read (.item(), bool(), indexing by a 0-dim tensor) is a host sync; certify's only
+    one is the final .tolist(). Counted here on the CPU through the dispatcher: the single scalar read allowed is
+    the finiteness check of a CPU input (a CUDA input is checked on the device instead)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarReads(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    smooth = Smooth(net, 3, 0.25, seed=0, backend="cpp")
+    with ScalarReads() as reads:
+        smooth.certify(torch.rand(3, 2, 2), 10, 20, 0.01, 8)
+    assert reads.count == 1
