@@ -63,8 +63,8 @@ class UNetConfig:
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics and affine transform run in float32 whatever the input dtype.
 
-    ``fused_backend`` (None: off; set by ``UNet.fuse_group_norms``) makes the blocks around it call ``fused``
-    instead of the norm and the SiLU module one after the other. It is a plain attribute: the state dict is
+    ``fused_backend`` (None: off; set by ``UNet.fuse_group_norms``) makes :meth:`norm_act` run the norm and what
+    follows it as one op instead of the modules one after the other. It is a plain attribute: the state dict is
     unchanged.
     """
 
@@ -75,11 +75,19 @@ class GroupNorm32(nn.GroupNorm):
         b = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
 
-    def fused(self, x: torch.Tensor, *, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
-              silu: bool = True) -> torch.Tensor:
-        """This norm, the optional scale-shift and SiLU in one pass (ops.group_norm_silu), rounded once."""
-        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, scale=scale, shift=shift,
-                               silu=silu, backend=self.fused_backend)
+    def norm_act(self, x: torch.Tensor, act: nn.Module | None, scale: torch.Tensor | None = None,
+                 shift: torch.Tensor | None = None) -> torch.Tensor:
+        """act(norm(x) * (1 + scale) + shift), each part optional (act is the UNet's SiLU): one pass of
+        ops.group_norm_silu, rounded once, when ``fused_backend`` is set; else the modules one after the other."""
+        if self.fused_backend is not None:
+            return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, scale=scale, shift=shift,
+                                   silu=act is not None, backend=self.fused_backend)
+        h = self(x)
+        if scale is not None:
+            h = h * (1 + scale)
+        if shift is not None:
+            h = h + shift
+        return h if act is None else act(h)
 
 
 def norm(channels: int) -> GroupNorm32:
@@ -151,25 +159,15 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         norm_in, act_in, conv_in = self.in_layers
         # Resampling sits between the activation and the conv, on both branches (guided-diffusion's order).
-        h = act_in(norm_in(x)) if norm_in.fused_backend is None else norm_in.fused(x)
-        h = conv_in(self._resample(h))
+        h = conv_in(self._resample(norm_in.norm_act(x, act_in)))
         x = self._resample(x)
         emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        norm_out = self.out_layers[0]
-        if norm_out.fused_backend is None:
-            rest = self.out_layers[1:]
-            if self.scale_shift:
-                scale, shift = emb_out.chunk(2, dim=1)
-                h = rest(norm_out(h) * (1 + scale) + shift)
-            else:
-                h = rest(norm_out(h + emb_out))
+        norm_out, act_out, rest = self.out_layers[0], self.out_layers[1], self.out_layers[2:]  # rest: dropout, conv
+        if self.scale_shift:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = rest(norm_out.norm_act(h, act_out, scale, shift))
         else:
-            if self.scale_shift:
-                scale, shift = emb_out.chunk(2, dim=1)
-                h = norm_out.fused(h, scale=scale, shift=shift)
-            else:
-                h = norm_out.fused(h + emb_out)
-            h = self.out_layers[2:](h)  # dropout, conv (the SiLU, out_layers[1], ran inside the fused op)
+            h = rest(norm_out.norm_act(h + emb_out, act_out))
         return self.skip_connection(x) + h
 
 
@@ -189,12 +187,9 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
-        if self.norm.fused_backend is None:
-            x = x.reshape(b, c, -1)
-            normed = self.norm(x)
-        else:  # the statistics do not depend on the spatial shape: normalise the 4-D input, then flatten
-            normed = self.norm.fused(x, silu=False).reshape(b, c, -1)
-            x = x.reshape(b, c, -1)
+        # The statistics do not depend on the spatial shape: normalise the 4-D input (as the fused op needs it).
+        normed = self.norm.norm_act(x, None).reshape(b, c, -1)
+        x = x.reshape(b, c, -1)
         qkv = self.qkv(normed)
         ch = c // self.heads
         split = (b, 3, self.heads, ch, -1) if self.new_order else (b, self.heads, 3, ch, -1)
@@ -291,9 +286,8 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        if self.out[0].fused_backend is not None:
-            return self.out[2](self.out[0].fused(h)).to(x.dtype)
-        return self.out(h).to(x.dtype)
+        norm, act, conv = self.out
+        return conv(norm.norm_act(h, act)).to(x.dtype)
 
     def fuse_group_norms(self, backend: str | None = "auto") -> UNet:
         """Run every GroupNorm with what follows it (scale-shift, SiLU) as one op (ops.group_norm_silu) on
