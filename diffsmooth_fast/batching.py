@@ -188,14 +188,14 @@ def _chosen(batch: int, why: str) -> int:
 
 
 def probe_call(base_classifier: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float, batch: int,
-          backend: str) -> None:
-    """One call of the base classifier on ``batch`` noisy copies of ``x`` [C, H, W], made as ``Smooth`` makes them
-    (the noise and the noisy batch count towards the peak). The probe phase's noise never meets a certificate's."""
+               backend: str, *, seed: int = 0, idx: int = 0) -> torch.Tensor:
+    """The base classifier's scores on ``batch`` noisy copies of image ``idx``, ``x`` [C, H, W], made as ``Smooth``
+    makes them (the noise and the noisy batch count towards a memory peak). The probe phase's noise never meets a
+    certificate's."""
     with torch.no_grad():
-        noise = gaussian_noise((batch, *x.shape), 0, 0, stream=noise_stream(0, PHASE_PROBE), backend=backend,
+        noise = gaussian_noise((batch, *x.shape), seed, 0, stream=noise_stream(idx, PHASE_PROBE), backend=backend,
                                device=x.device)
         noisy = x.unsqueeze(0) + sigma * noise.to(x.dtype)
         if getattr(base_classifier, "accepts_positions", False):
-            base_classifier(noisy, positions=SamplePositions(0, 0, PHASE_PROBE, 0, batch))
-        else:
-            base_classifier(noisy)
+            return base_classifier(noisy, positions=SamplePositions(seed, idx, PHASE_PROBE, 0, batch))
+        return base_classifier(noisy)

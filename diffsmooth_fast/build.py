@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batching import MEMORY_FRACTION, auto_batch
-from .certify import PHASE_PROBE, SamplePositions, Smooth, noise_stream
+from .batching import MEMORY_FRACTION, auto_batch, probe_call
+from .certify import Smooth
 from .configs import (BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination,
                       resolve_models)
 from .data import load_dataset
 from .demo import digits, make_toy
 from .denoiser import Denoiser
 from .models.classifiers import load_classifier
-from .ops import gaussian_noise, resolve_backend
+from .ops import resolve_backend
 from .pipeline import MethodConfig, PurifiedClassifier
 
 log = logging.getLogger("diffsmooth_fast")
@@ -121,11 +121,8 @@ def _probe(base: PurifiedClassifier, images: Sequence, idx: int, sigma: float, s
         raise ValueError("the dataset holds no images")
     x, _ = images[idx]
     x = x.to(device)
-    noise = gaussian_noise((2, *x.shape), seed, 0, stream=noise_stream(idx, PHASE_PROBE), backend=backend,
-                           device=device)
     try:
-        with torch.no_grad():
-            scores = base(x.unsqueeze(0) + sigma * noise, positions=SamplePositions(seed, idx, PHASE_PROBE, 0, 2))
+        scores = probe_call(base, x, sigma, 2, backend, seed=seed, idx=idx)
     except RuntimeError as exc:  # shape mismatches inside the networks surface as RuntimeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"the models cannot take this dataset's images [{', '.join(map(str, x.shape))}]: {first}") \

@@ -23,8 +23,6 @@ from .distributed import RankFailure
 from .models.openai_flags import PRESETS, OpenAIFlags
 from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
-EXIT_USER_ERROR = errors.EXIT_USER_ERROR
-
 
 class _UsageError(ValueError):
     pass

@@ -280,8 +280,7 @@ class PurifiedClassifier(nn.Module):
         if self.denoiser is not None:
             # Inductor writes its own fused norm kernels, and tracing through the Triton op's Python dispatch
             # would only add graph breaks: compiled UNets run the unfused modules.
-            fused_norms = [m for m in self.denoiser.unet.modules() if getattr(m, "fused_backend", None) is not None]
-            if fused_norms:
+            if any(getattr(m, "fused_backend", None) is not None for m in self.denoiser.unet.modules()):
                 log.info("torch.compile: the UNet's fused norms are switched off (inductor fuses them itself)")
                 self.denoiser.unet.fuse_group_norms(None)
             self.denoiser.unet.forward = torch.compile(self.denoiser.unet.forward, **options)
