@@ -64,8 +64,7 @@ def measure(dtypes: list[str], sigmas: list[float], samples: int, max_images: in
                          "sample_agreement": float((low == ref).float().mean()),
                          "disagreeing_samples": int((low != ref).sum()),
                          "image_agreement": float((low.mode(dim=1).values == ref_mode).float().mean())})
-    return {"benchmark": "agreement", "created": record.now(), "device": record.device_info(dev),
-            "versions": record.versions(), "git": record.git_state(),
+    return {**record.header("agreement", dev),
             "settings": {"models": "demo (digits)", "method": "diffsmooth", "m": 5, "local_noise": local_noise,
                          "seed": seed, "reference": "float32"},
             "rows": rows}

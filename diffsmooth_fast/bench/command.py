@@ -59,8 +59,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         for line in ops.format_timing(timing):
             print(line, flush=True)
     if args.json:
-        out = {"benchmark": "ops", "created": record.now(), "device": record.device_info(device),
-               "versions": record.versions(), "git": record.git_state(),
+        out = {**record.header("ops", device),
                "settings": {"batch": args.batch, "m": ops.M, "image": list(ops.SHAPE), "classes": ops.K,
                             "rounds": args.rounds, "dtype": "float32"},
                "ops": rows}

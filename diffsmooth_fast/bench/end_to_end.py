@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
 from collections.abc import Callable
@@ -261,11 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     denoiser, classifier = build_models(setup, device, args.seed)
     warm = min(n, engine_batch)
     record: dict = {
-        "benchmark": "end_to_end",
-        "created": record_info.now(),
-        "device": record_info.device_info(device),
-        "versions": record_info.versions(),
-        "git": record_info.git_state(),
+        **record_info.header("end_to_end", device),
         "settings": {
             "setup": setup.name, "preset": args.preset, "tiny": args.tiny, "quick": args.quick,
             "images": args.images, "image_size": setup.image_size, "num_classes": setup.num_classes,
@@ -360,10 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"speedup of {run_name} in {dtype} over the baseline: {ratio:.2f}x")
     path = args.json or os.path.join(
         RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-    print(f"wrote {path}")
+    print(f"wrote {record_info.write_json(record, path)}")
     return record
 
 

@@ -57,6 +57,12 @@ def device_info(device: torch.device) -> dict[str, object]:
             "cpu_count": os.cpu_count()}
 
 
+def header(benchmark: str, device: torch.device) -> dict[str, object]:
+    """The fields every record starts with: which benchmark, when, on what, with which versions and commit."""
+    return {"benchmark": benchmark, "created": now(), "device": device_info(device), "versions": versions(),
+            "git": git_state()}
+
+
 def write_json(record: dict, path: str) -> str:
     """Write ``record`` to ``path`` (folders created) and return the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
