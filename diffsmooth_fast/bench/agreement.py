@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from ..certify import PHASE_ESTIMATION, SamplePositions, noise_stream
+from ..configs import demo_classifier_noise
 from ..demo import digits
 from ..denoiser import Denoiser
 from ..models.classifiers import load_classifier
@@ -29,10 +30,9 @@ def base_labels(dtype: torch.dtype, images: torch.Tensor, method: MethodConfig, 
                 device: torch.device, batch: int = 500) -> torch.Tensor:
     """Labels [images, samples] of the demo's DiffSmooth base classifier with its models held in ``dtype``."""
     den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
-    noise_level = min(digits.CLASSIFIER_NOISES, key=lambda s: abs(s - method.effective_local_sigma))
-    clf = load_classifier(digits.classifier_checkpoint(noise_level)).to(device=device, dtype=dtype).eval()
-    base = PurifiedClassifier(method, clf, den, seed=seed, dtype=dtype)
-    out = torch.empty(len(images), samples, dtype=torch.int64)
+    clf = load_classifier(digits.classifier_checkpoint(demo_classifier_noise(method)))
+    base = PurifiedClassifier(method, clf.to(device=device, dtype=dtype).eval(), den, seed=seed, dtype=dtype)
+    out = torch.empty(len(images), samples, dtype=torch.int64, device=device)  # copied to the host once, at the end
     with torch.no_grad():
         for i, x in enumerate(images):
             x = x.to(device)
@@ -42,8 +42,8 @@ def base_labels(dtype: torch.dtype, images: torch.Tensor, method: MethodConfig, 
                 eps = gaussian_noise((count, *x.shape), seed, first * x.numel(), stream=stream, device=device)
                 x_noisy = (x + method.sigma * eps).to(dtype)
                 scores = base(x_noisy, positions=SamplePositions(seed, i, PHASE_ESTIMATION, first, count))
-                out[i, first:first + count] = scores.argmax(1).cpu()
-    return out
+                out[i, first:first + count] = scores.argmax(1)
+    return out.cpu()
 
 
 def measure(dtypes: list[str], sigmas: list[float], samples: int, max_images: int, seed: int, device: str,
