@@ -17,7 +17,7 @@ import math
 import torch
 
 from diffsmooth_fast import Denoiser, load_classifier
-from diffsmooth_fast.models.openai_flags import preset
+from diffsmooth_fast.diffusion.openai_flags import preset
 from diffsmooth_fast.models.unet import UNet
 
 

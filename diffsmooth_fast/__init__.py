@@ -1,13 +1,12 @@
 """diffsmooth_fast: fast, faithful certification of image classifiers by randomized smoothing (DiffSmooth)."""
 
-from . import stats
-from .certify import SamplePositions, Smooth
-from .denoiser import Denoiser
+from ._version import __version__
+from .diffusion.denoiser import Denoiser
+from .engine.method import MethodConfig, PurifiedClassifier
 from .models.classifiers import load_classifier
 from .ops import gaussian_noise
-from .pipeline import MethodConfig, PurifiedClassifier
-
-__version__ = "0.1.0"
+from .smoothing import stats
+from .smoothing.certify import SamplePositions, Smooth
 
 __all__ = [
     "Denoiser",

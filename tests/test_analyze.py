@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from diffsmooth_fast import analyze
-from diffsmooth_fast.cli import main
+from diffsmooth_fast.run import analyze
+from diffsmooth_fast.run.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cohen-certify"
 CIFAR = FIXTURES / "cifar10/resnet110/noise_0.25/test/sigma_0.25"  # time as float seconds

@@ -1,4 +1,4 @@
-"""--batch auto (diffsmooth_fast.batching): the sizing logic against a fake memory model on the CPU, the command
+"""--batch auto (diffsmooth_fast.engine.batching): the sizing logic against a fake memory model on the CPU, the command
 line, and on a GPU a batch whose call fits."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from diffsmooth_fast.batching import DEFAULT_BATCH, CudaMemory, auto_batch, probe_call
-from diffsmooth_fast.certify import PHASE_PROBE
-from diffsmooth_fast.cli import build_parser, main
-from diffsmooth_fast.configs import SamplingConfig, parse_batch
+from diffsmooth_fast.engine.batching import DEFAULT_BATCH, CudaMemory, auto_batch, probe_call
 from diffsmooth_fast.ops import resolve_backend
+from diffsmooth_fast.run.cli import build_parser, main
+from diffsmooth_fast.run.configs import SamplingConfig, parse_batch
+from diffsmooth_fast.smoothing.certify import PHASE_PROBE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GiB, MiB = 2**30, 2**20
@@ -190,11 +190,12 @@ def test_batch_auto_certifies_and_a_resume_may_change_the_batch(tmp_path, capsys
 @pytest.fixture(scope="module")
 def demo_pipeline():
     from diffsmooth_fast import Denoiser, load_classifier
-    from diffsmooth_fast.demo import digits
-    from diffsmooth_fast.pipeline import MethodConfig, PurifiedClassifier
+    from diffsmooth_fast.data import digits
+    from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+    from diffsmooth_fast.models import shipped
 
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT), device="cuda")
-    clf = load_classifier(digits.classifier_checkpoint(0.25)).cuda()
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), device="cuda")
+    clf = load_classifier(shipped.classifier_checkpoint(0.25)).cuda()
     base = PurifiedClassifier(MethodConfig("diffsmooth", 0.25, m=5, local_noise="fresh"), clf, den)
     return base, digits.test_set()[0][0].cuda()
 
@@ -217,7 +218,7 @@ def test_auto_batch_on_gpu_free_memory(demo_pipeline):
     batch = auto_batch(base, x, 0.25, max_batch=20_000, device="cuda")
     assert 1 <= batch <= 20_000
     with torch.no_grad():
-        from diffsmooth_fast.certify import SamplePositions
+        from diffsmooth_fast.smoothing.certify import SamplePositions
 
         scores = base(x.unsqueeze(0).repeat(batch, 1, 1, 1), positions=SamplePositions(0, 0, 1, 0, batch))
     assert scores.shape == (batch, 10)

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from diffsmooth_fast import cli
 from diffsmooth_fast.bench import ops as cases
+from diffsmooth_fast.run import cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,8 +106,8 @@ def test_agreement_counts_what_differs(monkeypatch):
 def test_agreement_on_the_demo_models(tmp_path, capsys):
     """A short real run: float32 labels are reproducible, and bfloat16 mostly agrees with them."""
     from diffsmooth_fast.bench import agreement
-    from diffsmooth_fast.demo import digits
-    from diffsmooth_fast.pipeline import MethodConfig
+    from diffsmooth_fast.data import digits
+    from diffsmooth_fast.engine.method import MethodConfig
 
     images = torch.stack([digits.test_set()[i][0] for i in range(2)])
     method = MethodConfig("diffsmooth", sigma=0.25, m=5)

@@ -10,8 +10,8 @@ import torch
 from scipy.stats import beta, norm
 
 from diffsmooth_fast import Smooth
-from diffsmooth_fast.certify import PHASE_ESTIMATION, PHASE_SELECTION, noise_stream
 from diffsmooth_fast.ops import gaussian_noise
+from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, noise_stream
 
 SHAPE = (1, 4, 4)
 

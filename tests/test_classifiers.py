@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffsmooth_fast.models import resnet
-
-from .tiny_models import randomize_batchnorm
 from diffsmooth_fast.models.classifiers import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -26,6 +24,8 @@ from diffsmooth_fast.models.classifiers import (
     choose_normalization,
     load_classifier,
 )
+
+from .tiny_models import randomize_batchnorm
 
 LOGGER = "diffsmooth_fast"
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffsmooth_fast import io
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.demo import make_toy
-from diffsmooth_fast.progress import Progress
+from diffsmooth_fast.data.toy import make_toy
+from diffsmooth_fast.run import tsv as io
+from diffsmooth_fast.run.cli import main
+from diffsmooth_fast.run.progress import Progress
 
 from .tiny_models import save_classifier, save_halfspace, save_npz, save_unet, unet_cli_flags
 
@@ -251,7 +251,7 @@ def test_a_missing_dataset_or_classifier_is_named(files, capsys):
 def test_an_error_line_is_written_in_one_piece(monkeypatch):
     """The processes of a torchrun run share one stderr: a line written in two pieces (print writes the text and
     the newline apart) can interleave with another process's into one garbled line."""
-    from diffsmooth_fast import errors
+    from diffsmooth_fast.run import errors
 
     writes = []
 

@@ -12,13 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsmooth_fast.data import (
-    CIFAR10,
-    ImageFiles,
-    ImageFolderDataset,
-    NpzDataset,
-    load_dataset,
-)
+from diffsmooth_fast.data import CIFAR10, ImageFiles, ImageFolderDataset, NpzDataset, load_dataset
 
 RNG = np.random.default_rng(0)
 

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffsmooth_fast import Denoiser, io, load_classifier
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.configs import demo_classifier_noise
-from diffsmooth_fast.demo import digits
-from diffsmooth_fast.models.openai_flags import openai_flags, preset
-from diffsmooth_fast.pipeline import MethodConfig
+from diffsmooth_fast import Denoiser, load_classifier
+from diffsmooth_fast.data import digits
+from diffsmooth_fast.diffusion.openai_flags import openai_flags, preset
+from diffsmooth_fast.engine.method import MethodConfig
+from diffsmooth_fast.models import shipped
+from diffsmooth_fast.run import tsv as io
+from diffsmooth_fast.run.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +28,7 @@ DENOISED_MARGIN = 0.04
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    return json.loads(digits.MANIFEST.read_text())
+    return json.loads(shipped.MANIFEST.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +41,18 @@ def test_split():
 
 def test_shipped_files_are_complete_small_and_unchanged(manifest):
     files = manifest["files"]
-    expected = {"digits_test.npz", "diffusion/model.pt", "diffusion/flags.json",
-                *(str(digits.classifier_checkpoint(n).relative_to(digits.FILES)) for n in digits.CLASSIFIER_NOISES)}
+    expected = {"diffusion/model.pt", "diffusion/flags.json",
+                *(str(shipped.classifier_checkpoint(n).relative_to(shipped.FILES)) for n in shipped.CLASSIFIER_NOISES)}
     assert set(files) == expected
     total = 0
     for name, entry in files.items():
-        data = (digits.FILES / name).read_bytes()
+        data = (shipped.FILES / name).read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"], name
         total += len(data)
-    total += digits.MANIFEST.stat().st_size
+    split = digits.TEST_SPLIT.read_bytes()
+    entry = manifest["test_split"]
+    assert len(split) == entry["bytes"] and hashlib.sha256(split).hexdigest() == entry["sha256"]
+    total += len(split) + shipped.MANIFEST.stat().st_size
     assert total <= 10 * 1024 * 1024  # the budget for everything shipped
 
 
@@ -82,17 +86,17 @@ def test_shipped_test_split_is_scikit_learns():
 
 
 def test_denoiser_loads_through_from_openai_with_its_flags():
-    flags = json.loads(digits.DIFFUSION_FLAGS.read_text())
-    den = Denoiser.from_openai(str(digits.DIFFUSION_CHECKPOINT), **flags)
+    flags = json.loads(shipped.DIFFUSION_FLAGS.read_text())
+    den = Denoiser.from_openai(str(shipped.DIFFUSION_CHECKPOINT), **flags)
     assert den.flags == preset("demo") == openai_flags("guided", **flags)
-    state = torch.load(digits.DIFFUSION_CHECKPOINT, weights_only=True)
+    state = torch.load(shipped.DIFFUSION_CHECKPOINT, weights_only=True)
     assert set(state) == set(den.unet.state_dict())  # a bare OpenAI state dict, nothing else
     assert "input_blocks.0.0.weight" in state and "out.2.weight" in state and state["out.2.weight"].shape[0] == 3
 
 
-@pytest.mark.parametrize("noise", digits.CLASSIFIER_NOISES)
+@pytest.mark.parametrize("noise", shipped.CLASSIFIER_NOISES)
 def test_classifiers_are_cohen_checkpoints_and_reach_their_accuracy(manifest, test_split, noise):
-    path = digits.classifier_checkpoint(noise)
+    path = shipped.classifier_checkpoint(noise)
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["arch"] == "digits_resnet14" and all(k.startswith("1.") for k in checkpoint["state_dict"])
     model = load_classifier(path)
@@ -107,8 +111,8 @@ def test_classifiers_are_cohen_checkpoints_and_reach_their_accuracy(manifest, te
 
 def test_denoised_accuracy_at_sigma_025(manifest, test_split):
     x, y = test_split
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT))
-    standard = load_classifier(digits.classifier_checkpoint(0.0))
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT))
+    standard = load_classifier(shipped.classifier_checkpoint(0.0))
     gen = torch.Generator().manual_seed(123)
     hits, noisy_hits = [], []
     with torch.no_grad():
@@ -131,7 +135,7 @@ def test_denoised_accuracy_at_sigma_025(manifest, test_split):
     ("local-only", 0.5, None, 0.5), ("cohen", 1.0, None, 0.5),
 ])
 def test_each_method_gets_the_classifier_trained_for_its_noise(method, sigma, local, expected):
-    assert demo_classifier_noise(MethodConfig(method, sigma, local)) == expected
+    assert shipped.classifier_noise_for(MethodConfig(method, sigma, local)) == expected
 
 
 def test_default_certify_runs_the_demo(tmp_path, capsys):
@@ -143,8 +147,8 @@ def test_default_certify_runs_the_demo(tmp_path, capsys):
     assert sum(r.correct for r in rows) >= 2
     settings = json.loads((tmp_path / "demo.tsv.json").read_text())["settings"]
     assert settings["dataset"] == "demo" and settings["method"] == "diffsmooth" and settings["n"] == 100
-    assert settings["classifier"]["path"] == str(digits.classifier_checkpoint(0.25))
-    assert settings["denoiser"]["path"] == str(digits.DIFFUSION_CHECKPOINT)
+    assert settings["classifier"]["path"] == str(shipped.classifier_checkpoint(0.25))
+    assert settings["denoiser"]["path"] == str(shipped.DIFFUSION_CHECKPOINT)
     assert "certified accuracy" in capsys.readouterr().err
     assert main(["analyze", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"][0]["n"] == 3
@@ -156,7 +160,7 @@ def test_demo_classifier_option_picks_a_shipped_classifier(tmp_path):
             "--n", "20", "--quiet", "--out", str(out)]
     assert main(args) == 0
     settings = json.loads((tmp_path / "dds.tsv.json").read_text())["settings"]
-    assert settings["classifier"]["path"] == str(digits.classifier_checkpoint(0.5))
+    assert settings["classifier"]["path"] == str(shipped.classifier_checkpoint(0.5))
 
 
 def test_trainer_runs_and_writes_loadable_files(tmp_path):
@@ -179,13 +183,13 @@ def test_trainer_runs_and_writes_loadable_files(tmp_path):
 @pytest.mark.parametrize("method,local_noise", [("diffsmooth", "fixed"), ("diffsmooth", "fresh"),
                                                 ("diffsmooth", "reference"), ("dds", "fixed")])
 def test_fused_pipeline_gives_the_plain_pipelines_scores(test_split, method, local_noise, backend):
-    from diffsmooth_fast.certify import SamplePositions
-    from diffsmooth_fast.pipeline import PurifiedClassifier
+    from diffsmooth_fast.engine.method import PurifiedClassifier
+    from diffsmooth_fast.smoothing.certify import SamplePositions
 
     x, _ = test_split
     config = MethodConfig(method, 0.5, local_sigma=0.25, local_sigma_shift=0.03, m=3, local_noise=local_noise)
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT))
-    clf = load_classifier(digits.classifier_checkpoint(0.25))
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT))
+    clf = load_classifier(shipped.classifier_checkpoint(0.25))
     x_noisy = x[:13] + 0.5 * torch.randn(x[:13].shape, generator=torch.Generator().manual_seed(0))
     positions = SamplePositions(7, 40, 1, 21, 13)  # seed, idx, phase, first, count: somewhere inside a run
     scores = {}

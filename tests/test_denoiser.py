@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffsmooth_fast.denoiser import Denoiser, eps_to_denoised, noisy_to_model_input, step_coefficients
-from diffsmooth_fast.models.openai_flags import PRESETS, openai_flags, preset
+from diffsmooth_fast.diffusion.denoiser import Denoiser, eps_to_denoised, noisy_to_model_input, step_coefficients
+from diffsmooth_fast.diffusion.openai_flags import PRESETS, openai_flags, preset
+from diffsmooth_fast.diffusion.schedule import DiffusionSchedule, named_betas, space_timesteps
 from diffsmooth_fast.models.unet import UNet
-from diffsmooth_fast.schedule import DiffusionSchedule, named_betas, space_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,11 +17,12 @@ import sys
 import pytest
 import torch
 
-from diffsmooth_fast import distributed, io
-from diffsmooth_fast.certify import PHASE_ESTIMATION, PHASE_SELECTION, SampleShard, Smooth
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.demo import make_toy
-from diffsmooth_fast.pipeline import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.data.toy import make_toy
+from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.run import distributed
+from diffsmooth_fast.run import tsv as io
+from diffsmooth_fast.run.cli import main
+from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, SampleShard, Smooth
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

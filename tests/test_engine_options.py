@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from diffsmooth_fast import Denoiser, load_classifier
-from diffsmooth_fast.certify import SamplePositions
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.configs import DataConfig, ModelConfig, SamplingConfig, result_settings
-from diffsmooth_fast.demo import digits
-from diffsmooth_fast.pipeline import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.data import digits
+from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.models import shipped
+from diffsmooth_fast.run.cli import main
+from diffsmooth_fast.run.configs import DataConfig, ModelConfig, SamplingConfig, result_settings
+from diffsmooth_fast.smoothing.certify import SamplePositions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 POSITIONS = SamplePositions(7, 40, 1, 21, 9)  # seed, idx, phase, first, count: somewhere inside a run
@@ -22,8 +23,8 @@ CONFIG = MethodConfig("diffsmooth", 0.5, local_sigma=0.25, m=3, local_noise="fre
 
 
 def models(dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
-    clf = load_classifier(digits.classifier_checkpoint(0.25)).to(device=device, dtype=dtype).eval()
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
+    clf = load_classifier(shipped.classifier_checkpoint(0.25)).to(device=device, dtype=dtype).eval()
     return den, clf
 
 

@@ -1,4 +1,4 @@
-"""CUDA graphs per batch shape (diffsmooth_fast.graphs): the caching logic with a fake graph backend on the CPU,
+"""CUDA graphs per batch shape (diffsmooth_fast.engine.graphs): the caching logic with a fake graph backend on the CPU,
 the CPU passthrough of PurifiedClassifier(cuda_graphs=True) and --cuda-graphs, and on a GPU graphed against eager
 outputs and certificates."""
 
@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from diffsmooth_fast import Denoiser, load_classifier
-from diffsmooth_fast.build import build_job
-from diffsmooth_fast.certify import SamplePositions
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.configs import DataConfig, ModelConfig, SamplingConfig
-from diffsmooth_fast.demo import digits
-from diffsmooth_fast.graphs import GraphedFunction, GraphPool
-from diffsmooth_fast.pipeline import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.data import digits
+from diffsmooth_fast.engine.graphs import GraphedFunction, GraphPool
+from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.models import shipped
+from diffsmooth_fast.run.build import build_job
+from diffsmooth_fast.run.cli import main
+from diffsmooth_fast.run.configs import DataConfig, ModelConfig, SamplingConfig
+from diffsmooth_fast.smoothing.certify import SamplePositions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOGGER = "diffsmooth_fast"
@@ -145,8 +146,8 @@ def test_rejects_bad_max_shapes():
 
 @pytest.fixture(scope="module")
 def demo_models():
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT))
-    clf = load_classifier(digits.classifier_checkpoint(0.25))
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT))
+    clf = load_classifier(shipped.classifier_checkpoint(0.25))
     x, _ = digits.test_set()[0]
     return den, clf, x
 

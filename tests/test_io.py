@@ -1,4 +1,4 @@
-"""diffsmooth_fast.io: Cohen et al.'s certify TSV format, written and read (also the files they published)."""
+"""diffsmooth_fast.run.tsv: Cohen et al.'s certify TSV format, written and read (also the files they published)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffsmooth_fast.io import (
+from diffsmooth_fast.run.tsv import (
     CERTIFY_HEADER,
     PREDICT_HEADER,
     CertifyRow,

@@ -8,11 +8,7 @@ import pytest
 import torch
 
 from diffsmooth_fast.ops import gaussian_noise, resolve_backend, unavailable_reason
-from diffsmooth_fast.ops.reference import (
-    gaussian_noise_ref,
-    philox_counters,
-    philox_words_ref,
-)
+from diffsmooth_fast.ops.reference import gaussian_noise_ref, philox_counters, philox_words_ref
 
 from .conftest import HAS_GPU, has_triton
 

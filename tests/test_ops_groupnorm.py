@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffsmooth_fast.models.openai_flags import openai_flags
+from diffsmooth_fast.diffusion.openai_flags import openai_flags
 from diffsmooth_fast.models.unet import GroupNorm32, UNet
 from diffsmooth_fast.ops import group_norm_silu
 from diffsmooth_fast.ops.reference import group_norm_silu_ref

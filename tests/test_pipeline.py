@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from diffsmooth_fast import Smooth
-from diffsmooth_fast.certify import PHASE_ESTIMATION, SamplePositions
-from diffsmooth_fast.denoiser import Denoiser
+from diffsmooth_fast.diffusion.denoiser import Denoiser
+from diffsmooth_fast.diffusion.reverse import ReverseProcess, reverse_timesteps
+from diffsmooth_fast.diffusion.schedule import space_timesteps
+from diffsmooth_fast.engine.method import KIND_LOCAL, MethodConfig, PurifiedClassifier, classifier_stream
 from diffsmooth_fast.ops import gaussian_noise
-from diffsmooth_fast.pipeline import KIND_LOCAL, MethodConfig, PurifiedClassifier, classifier_stream
-from diffsmooth_fast.reverse import ReverseProcess, reverse_timesteps
-from diffsmooth_fast.schedule import space_timesteps
+from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, SamplePositions
 
 from .tiny_models import UNET_FLAGS, fill_state_dict
 
@@ -42,7 +42,7 @@ class Linear(nn.Module):
 @pytest.fixture(scope="module")
 def denoiser() -> Denoiser:
     flags = dict(UNET_FLAGS, image_size=16)
-    from diffsmooth_fast.models.openai_flags import openai_flags
+    from diffsmooth_fast.diffusion.openai_flags import openai_flags
     from diffsmooth_fast.models.unet import UNet
 
     with torch.device("meta"):

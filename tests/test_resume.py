@@ -14,9 +14,9 @@ import time
 import pytest
 import torch
 
-from diffsmooth_fast import io
-from diffsmooth_fast.cli import main
-from diffsmooth_fast.resume import repair
+from diffsmooth_fast.run import tsv as io
+from diffsmooth_fast.run.cli import main
+from diffsmooth_fast.run.resume import repair
 
 from .tiny_models import save_halfspace, save_unet, unet_cli_flags
 

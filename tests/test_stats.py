@@ -1,4 +1,4 @@
-"""diffsmooth_fast.stats: Clopper-Pearson bound, radius, CERTIFY/PREDICT decisions, run summaries.
+"""diffsmooth_fast.smoothing.stats: Clopper-Pearson bound, radius, CERTIFY/PREDICT decisions, run summaries.
 
 Checked against statsmodels (what Cohen et al.'s code calls), against the definitions (binomial tail equations
 solved independently of beta.ppf), on hand-computed examples, and on certify files published by Cohen et al.
@@ -14,7 +14,7 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import binom, binomtest, norm
 
-from diffsmooth_fast.stats import (
+from diffsmooth_fast.smoothing.stats import (
     ABSTAIN,
     average_certified_radius,
     certified_accuracy,
@@ -325,7 +325,7 @@ def test_published_certify_runs(relative, at, expected_accuracy, expected_acr):
     path = FIXTURES / relative
     if not path.is_file():
         pytest.skip(f"fixture {path} is absent (../shared is not part of a clone)")
-    from diffsmooth_fast.io import read_certify
+    from diffsmooth_fast.run.tsv import read_certify
 
     rows = read_certify(path)
     assert len(rows) == 500

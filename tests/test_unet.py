@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from diffsmooth_fast.models.openai_flags import PRESETS, openai_flags
+from diffsmooth_fast.diffusion.openai_flags import PRESETS, openai_flags
 from diffsmooth_fast.models.unet import GroupNorm32, UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

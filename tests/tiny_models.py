@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffsmooth_fast.models.openai_flags import openai_flags
+from diffsmooth_fast.diffusion.openai_flags import openai_flags
 from diffsmooth_fast.models.resnet import build_architecture
 from diffsmooth_fast.models.unet import UNet
 

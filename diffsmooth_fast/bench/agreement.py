@@ -14,13 +14,13 @@ import argparse
 
 import torch
 
-from ..certify import PHASE_ESTIMATION, SamplePositions, noise_stream
-from ..configs import demo_classifier_noise
-from ..demo import digits
-from ..denoiser import Denoiser
+from ..data import digits
+from ..diffusion.denoiser import Denoiser
+from ..engine.method import MethodConfig, PurifiedClassifier
+from ..models import shipped
 from ..models.classifiers import load_classifier
 from ..ops import gaussian_noise
-from ..pipeline import MethodConfig, PurifiedClassifier
+from ..smoothing.certify import PHASE_ESTIMATION, SamplePositions, noise_stream
 from . import record
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -29,8 +29,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 def base_labels(dtype: torch.dtype, images: torch.Tensor, method: MethodConfig, samples: int, seed: int,
                 device: torch.device, batch: int = 500) -> torch.Tensor:
     """Labels [images, samples] of the demo's DiffSmooth base classifier with its models held in ``dtype``."""
-    den = Denoiser.from_preset("demo", str(digits.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
-    clf = load_classifier(digits.classifier_checkpoint(demo_classifier_noise(method)))
+    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
+    clf = load_classifier(shipped.classifier_checkpoint(shipped.classifier_noise_for(method)))
     base = PurifiedClassifier(method, clf.to(device=device, dtype=dtype).eval(), den, seed=seed, dtype=dtype)
     out = torch.empty(len(images), samples, dtype=torch.int64, device=device)  # copied to the host once, at the end
     with torch.no_grad():

@@ -53,8 +53,8 @@ from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth
 from diffsmooth_fast.bench import record as record_info
 from diffsmooth_fast.bench.paper_baseline import PAPER_BATCH, PaperBaseline
 from diffsmooth_fast.bench.record import REPO
+from diffsmooth_fast.diffusion.openai_flags import OpenAIFlags, openai_flags, preset
 from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier
-from diffsmooth_fast.models.openai_flags import OpenAIFlags, openai_flags, preset
 from diffsmooth_fast.models.resnet import build_architecture
 from diffsmooth_fast.models.unet import UNet
 

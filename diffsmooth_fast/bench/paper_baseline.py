@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffsmooth_fast import stats
-from diffsmooth_fast.denoiser import Denoiser
+from diffsmooth_fast.diffusion.denoiser import Denoiser
+from diffsmooth_fast.smoothing import stats
 
 REFERENCE_LOCAL_SEED = 42  # the reference seeds the global RNG with 42 before drawing its m local noises
 PAPER_BATCH = 50

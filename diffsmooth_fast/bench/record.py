@@ -10,7 +10,7 @@ import subprocess
 
 import torch
 
-import diffsmooth_fast
+from .._version import __version__
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(PACKAGE_DIR)  # the checkout, when the package runs from one (editable install)
@@ -43,7 +43,7 @@ def versions() -> dict[str, object]:
     except ImportError:
         triton_version = None
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"diffsmooth_fast": diffsmooth_fast.__version__, "torch": torch.__version__, "triton": triton_version,
+    return {"diffsmooth_fast": __version__, "torch": torch.__version__, "triton": triton_version,
             "cuda": torch.version.cuda, "cudnn": cudnn, "python": platform.python_version()}
 
 

@@ -1,5 +1,3 @@
-"""Built-in models that need no download: today the linear toy problem (toy.py)."""
-
-from .toy import ToyProblem, make_toy
-
-__all__ = ["ToyProblem", "make_toy"]
+"""The embedded demo: the scripts that trained the shipped models on the digits (``train``) and compared the
+paper's methods with them (``compare``); the models themselves are in ``files/`` (see
+:mod:`diffsmooth_fast.models.shipped`)."""

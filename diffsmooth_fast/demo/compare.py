@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..cli import main as cli_main
+from ..run.cli import main as cli_main
 
 SIGMAS = ("0.25", "0.50")
 

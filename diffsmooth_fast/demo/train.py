@@ -1,10 +1,10 @@
 """Train the demo's models on scikit-learn's digits and write the files that ship in ``demo/files``.
 
-    python -m diffsmooth_fast.demo.train [--out DIR] [--seed 0] [--diffusion-steps 4000]
+    python -m diffsmooth_fast.demo.train [--out DIR] [--split-out FILE] [--seed 0] [--diffusion-steps 4000]
 
 What it writes (everything the package needs to certify with no download):
 
-- ``digits_test.npz``: the fixed test split (360 images, ``images`` float32 [N, 8, 8] in [0, 1], ``labels``,
+- ``--split-out`` (default ``data/files/digits_test.npz``): the fixed test split (360 images, ``images`` float32 [N, 8, 8] in [0, 1], ``labels``,
   ``index`` into scikit-learn's order);
 - ``diffusion/model.pt`` and ``diffusion/flags.json``: a DDPM on the train split with the project's
   OpenAI-compatible UNet (preset ``demo``: cosine schedule, 1000 steps, epsilon prediction, fixed sigma), saved
@@ -14,7 +14,8 @@ What it writes (everything the package needs to certify with no download):
   Gaussian augmentation (0.00: a standard classifier, for DDS), saved as Cohen et al. save theirs
   (``{'epoch', 'arch', 'state_dict'}`` of ``Sequential(normalize, net)``, keys ``1.<net key>``; the optimizer
   state is left out to keep the package small);
-- ``manifest.json``: settings, seconds per stage, test accuracies, and each file's size and SHA-256.
+- ``manifest.json``: settings, seconds per stage, test accuracies, and each file's size and SHA-256 (the models'
+  by their path under ``--out``, the split under ``test_split``).
 
 Everything is drawn from ``torch.Generator``s seeded from ``--seed``, so a rerun on the same machine, torch and
 thread count writes the same weights. On 2 CPU cores the default settings take about 20 minutes.
@@ -37,12 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..denoiser import Denoiser
+from ..data import digits
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.openai_flags import preset
+from ..models import shipped
 from ..models.classifiers import InputNormalization, NormalizedClassifier
-from ..models.openai_flags import preset
 from ..models.resnet import digits_resnet14
 from ..models.unet import UNet
-from . import digits
 
 CLASSIFIER_ARCH = "digits_resnet14"
 
@@ -191,7 +193,9 @@ def _save(obj: object, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffsmooth_fast.demo.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(digits.FILES), help="output folder (default: the package's demo/files)")
+    parser.add_argument("--out", default=str(shipped.FILES), help="output folder (default: the package's demo/files)")
+    parser.add_argument("--split-out", default=str(digits.TEST_SPLIT), help="where the test split goes (default: "
+                        "the package's data/files/digits_test.npz)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument("--diffusion-steps", type=int, default=4000, help="optimisation steps of the diffusion model")
     parser.add_argument("--classifier-epochs", type=int, default=60, help="epochs of each classifier")
@@ -212,15 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     x_test = torch.from_numpy(digits.to_rgb(images[test_idx]))
     y_test = torch.from_numpy(labels[test_idx])
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "digits_test.npz", images=images[test_idx], labels=labels[test_idx], index=test_idx)
-    _log(f"digits: {len(train_idx)} train, {len(test_idx)} test images -> {out}")
+    split = Path(args.split_out)
+    split.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(split, images=images[test_idx], labels=labels[test_idx], index=test_idx)
+    _log(f"digits: {len(train_idx)} train, {len(test_idx)} test images -> {split}")
 
     classifiers: dict[float, NormalizedClassifier] = {}
-    for i, noise in enumerate(digits.CLASSIFIER_NOISES):
+    for i, noise in enumerate(shipped.CLASSIFIER_NOISES):
         t0 = time.perf_counter()
         model = train_classifier(x_train, y_train, noise, epochs=args.classifier_epochs, seed=args.seed + 1 + i)
         classifiers[noise] = model
-        relative = digits.classifier_checkpoint(noise).relative_to(digits.FILES)
+        relative = shipped.classifier_checkpoint(noise).relative_to(shipped.FILES)
         _save({"epoch": args.classifier_epochs, "arch": CLASSIFIER_ARCH, "state_dict": model.state_dict()},
               out / relative)
         timings[f"classifier_{noise:.2f}"] = time.perf_counter() - t0
@@ -234,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                                                         f"({time.perf_counter() - t0:.0f} s)"))
     timings["diffusion"] = time.perf_counter() - t0
     flags = preset("demo")
-    _save(state, out / digits.DIFFUSION_CHECKPOINT.relative_to(digits.FILES))
-    (out / digits.DIFFUSION_FLAGS.relative_to(digits.FILES)).write_text(json.dumps(flags.to_dict(), indent=2) + "\n")
+    _save(state, out / shipped.DIFFUSION_CHECKPOINT.relative_to(shipped.FILES))
+    (out / shipped.DIFFUSION_FLAGS.relative_to(shipped.FILES)).write_text(json.dumps(flags.to_dict(), indent=2) + "\n")
 
     t0 = time.perf_counter()
-    denoiser = Denoiser.from_flags(flags, out / digits.DIFFUSION_CHECKPOINT.relative_to(digits.FILES))
+    denoiser = Denoiser.from_flags(flags, out / shipped.DIFFUSION_CHECKPOINT.relative_to(shipped.FILES))
     accuracies = evaluate(classifiers, denoiser, x_test, y_test, draws=args.eval_draws)
     timings["evaluation"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
@@ -256,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "test_accuracy": accuracies,
         "files": {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+        "test_split": {"path": str(split), "bytes": split.stat().st_size, "sha256": _sha256(split)},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    total = sum(f["bytes"] for f in manifest["files"].values())
-    _log(f"done in {timings['total']:.0f} s; {total / 1e6:.2f} MB in {len(files)} files")
+    total = sum(f["bytes"] for f in manifest["files"].values()) + manifest["test_split"]["bytes"]
+    _log(f"done in {timings['total']:.0f} s; {total / 1e6:.2f} MB in {len(files) + 1} files")
     return 0
 
 

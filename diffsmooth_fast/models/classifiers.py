@@ -29,7 +29,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The demo's digits (diffsmooth_fast.demo.digits: grey in all three channels, train-split statistics).
+# The demo's digits (diffsmooth_fast.data.digits: grey in all three channels, train-split statistics).
 DIGITS_MEAN = (0.3054,) * 3
 DIGITS_STD = (0.3761,) * 3
 # SmoothAdv normalises its ImageNet-32 models with the CIFAR-10 constants (code/datasets.py, get_normalize_layer).

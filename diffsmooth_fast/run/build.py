@@ -13,16 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batching import MEMORY_FRACTION, auto_batch, probe_call
-from .certify import Smooth
-from .configs import (BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination,
-                      resolve_models)
-from .data import load_dataset
-from .demo import digits, make_toy
-from .denoiser import Denoiser
-from .models.classifiers import load_classifier
-from .ops import resolve_backend
-from .pipeline import MethodConfig, PurifiedClassifier
+from ..data import digits, load_dataset
+from ..data.toy import make_toy
+from ..diffusion.denoiser import Denoiser
+from ..engine.batching import MEMORY_FRACTION, auto_batch, probe_call
+from ..engine.method import MethodConfig, PurifiedClassifier
+from ..models.classifiers import load_classifier
+from ..ops import resolve_backend
+from ..smoothing.certify import Smooth
+from .configs import BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination, resolve_models
 
 log = logging.getLogger("diffsmooth_fast")
 

@@ -6,7 +6,7 @@ they were. Rows are flushed and fsynced one by one, so a killed run loses at mos
 
 Started by torchrun with several processes, the same loop runs on every process, sharded by image (each writes
 a part file; rank 0 merges them) or by sample (``--split-samples``: rank 0 writes); see
-:mod:`diffsmooth_fast.distributed`.
+:mod:`diffsmooth_fast.run.distributed`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,24 @@ import numpy as np
 import scipy
 import torch
 
-from . import __version__, distributed, io, resume, stats
+from .._version import __version__
+from ..engine.method import MethodConfig
+from ..smoothing import stats
+from ..smoothing.certify import SampleShard
+from . import distributed, resume
+from . import tsv as io
 from .build import Job, build_job
-from .certify import SampleShard
-from .configs import (BATCH_AUTO, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
-                      check_combination, resolve_models, result_settings)
-from .pipeline import MethodConfig
+from .configs import (
+    BATCH_AUTO,
+    DataConfig,
+    DistConfig,
+    ModelConfig,
+    OutputConfig,
+    SamplingConfig,
+    check_combination,
+    resolve_models,
+    result_settings,
+)
 from .progress import Progress
 
 SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -1,7 +1,7 @@
 """How a user's mistake reaches the terminal: one line on stderr, ``diffsmooth-fast: error: ...``, exit status 2.
 
 The command line prints the errors that reach it. Processes started by torchrun print theirs a step earlier
-(:func:`diffsmooth_fast.distributed.agree`): torchrun stops every process as soon as one exits, so each rank
+(:func:`diffsmooth_fast.run.distributed.agree`): torchrun stops every process as soon as one exits, so each rank
 prints its line and waits for the others to have printed theirs before any of them leaves, then raises
 :class:`Reported` so that nothing is printed twice.
 """

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import io, stats
+from ..smoothing import stats
+from . import tsv as io
 
 # The paper's tables: Table 1 (CIFAR-10) at 0, 0.25, ..., 2.25; Table 2 (ImageNet) at 0, 0.5, ..., 3.0.
 PAPER_RADII = {

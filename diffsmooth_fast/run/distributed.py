@@ -9,7 +9,7 @@ Image sharding (the default): rank r of K certifies ``indices[r::K]`` and writes
 before its extension (``runs/a.tsv`` -> ``runs/a.rank0-of2.tsv``), a resumable file with its own sidecar, exactly
 like a single run's. When every rank is done, rank 0 merges the parts (and a resumed ``OUT``, if any) into
 ``OUT`` sorted by idx with one sidecar, then deletes the parts. Sample sharding (``--split-samples``): every rank
-certifies every image but draws only its range of the samples (:class:`~diffsmooth_fast.certify.SampleShard`);
+certifies every image but draws only its range of the samples (:class:`~diffsmooth_fast.smoothing.certify.SampleShard`);
 the counts are summed by an all-reduce and rank 0 alone writes ``OUT``.
 
 Both give the rows of a single process with the same seed, because the noise of a sample depends on its
@@ -39,7 +39,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from . import errors, io, resume
+from . import errors, resume
+from . import tsv as io
 
 MODES = ("images", "samples")
 TEST_DIE_ENV = "DIFFSMOOTH_TEST_DIE_AFTER"
@@ -287,7 +288,7 @@ def preflight_images(out: str, world_size: int, rank: int, *, resume_run: bool, 
     """Check the output of an image-sharded run before any work; returns (``out`` exists, this rank's part exists).
 
     Raises:
-        ValueError: stdout; the checks of :func:`diffsmooth_fast.resume.preflight`; parts of another number of
+        ValueError: stdout; the checks of :func:`diffsmooth_fast.run.resume.preflight`; parts of another number of
             processes; parts of this run without --resume or --overwrite.
     """
     if out == "-":

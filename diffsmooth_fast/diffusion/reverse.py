@@ -16,9 +16,9 @@ import math
 import numpy as np
 import torch
 
-from .certify import SamplePositions
+from ..ops import gaussian_noise
+from ..smoothing.certify import SamplePositions
 from .denoiser import Denoiser, noisy_to_model_input, x0_to_pixels
-from .ops import gaussian_noise
 from .schedule import space_timesteps
 
 
@@ -68,7 +68,7 @@ class ReverseProcess:
         Row i's noise at kept step k is Philox stream ``classifier_stream(idx, phase, KIND_REVERSE, k)`` at the
         offset of (positions.first * K + i) whole images, so each sample and run always gets the same noise.
         """
-        from .pipeline import KIND_REVERSE, classifier_stream  # pipeline imports this module lazily
+        from ..engine.method import KIND_REVERSE, classifier_stream  # pipeline imports this module lazily
 
         den, c = self.denoiser, x_noisy.shape[1]
         x = noisy_to_model_input(x_noisy, self.sqrt_abar_start)

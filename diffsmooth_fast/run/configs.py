@@ -1,8 +1,8 @@
 """The settings of a certify or predict run, as frozen dataclasses the command line maps onto.
 
-``MethodConfig`` (what the base classifier does) lives in :mod:`diffsmooth_fast.pipeline`; here are the data,
+``MethodConfig`` (what the base classifier does) lives in :mod:`diffsmooth_fast.engine.method`; here are the data,
 the models, the sampling and the output. :func:`result_settings` is the subset that decides the numbers in the
-output file: a resumed run must match it exactly (see :mod:`diffsmooth_fast.resume`).
+output file: a resumed run must match it exactly (see :mod:`diffsmooth_fast.run.resume`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .data import DATASETS
-from .demo import digits
-from .models.classifiers import NORMALIZATIONS
-from .models.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
-from .pipeline import MethodConfig
+from ..data import DATASETS
+from ..diffusion.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
+from ..engine.method import MethodConfig
+from ..models import shipped
+from ..models.classifiers import NORMALIZATIONS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ALL_DATASETS = ("demo", "toy", *DATASETS)
@@ -187,26 +187,10 @@ def default_skip(dataset: str) -> int:
     return DEFAULT_SKIP.get(dataset, 1)
 
 
-def demo_classifier_noise(method: MethodConfig) -> float:
-    """The shipped classifier a method gets on the demo: the one trained at the noise it sees most like.
-
-    ``cohen`` sees sigma; ``diffsmooth`` and ``local-only`` (the ablation keeps DiffSmooth's classifier) see
-    sigma' = local sigma + shift; ``dds`` and ``multistep`` see purified images and get the standard classifier
-    (DDS(Standard), as Carlini et al.). The nearest of ``digits.CLASSIFIER_NOISES`` is taken.
-    """
-    if method.method == "cohen":
-        target = method.sigma
-    elif method.uses_local_noise:
-        target = method.effective_local_sigma
-    else:
-        target = 0.0
-    return min(digits.CLASSIFIER_NOISES, key=lambda noise: (abs(noise - target), noise))
-
-
 def resolve_models(data: DataConfig, models: ModelConfig, method: MethodConfig,
                    classifier_noise: float | None = None) -> ModelConfig:
     """On the demo, the shipped checkpoints in place of those not given (``classifier_noise`` picks the
-    classifier; default :func:`demo_classifier_noise`); other datasets' models are returned as they are.
+    classifier; default :func:`~diffsmooth_fast.models.shipped.classifier_noise_for`); other datasets' models are returned as they are.
 
     Raises:
         ValueError: ``classifier_noise`` off the demo or not shipped, or the package's demo files are missing.
@@ -219,13 +203,13 @@ def resolve_models(data: DataConfig, models: ModelConfig, method: MethodConfig,
         raise ValueError("give --classifier or --demo-classifier, not both")
     denoiser, classifier = models.denoiser, models.classifier
     if denoiser is None and method.uses_denoiser:
-        denoiser = str(digits.DIFFUSION_CHECKPOINT)
+        denoiser = str(shipped.DIFFUSION_CHECKPOINT)
     if classifier is None:
-        noise = demo_classifier_noise(method) if classifier_noise is None else classifier_noise
-        classifier = str(digits.classifier_checkpoint(noise))
+        noise = shipped.classifier_noise_for(method) if classifier_noise is None else classifier_noise
+        classifier = str(shipped.classifier_checkpoint(noise))
     for path in (denoiser, classifier):
-        if path is not None and path.startswith(str(digits.FILES)) and not os.path.isfile(path):
-            raise ValueError(f"the demo's model {os.path.relpath(path, digits.FILES)} is missing from the installed "
+        if path is not None and path.startswith(str(shipped.FILES)) and not os.path.isfile(path):
+            raise ValueError(f"the demo's model {os.path.relpath(path, shipped.FILES)} is missing from the installed "
                              f"package; reinstall diffsmooth_fast (or rerun python -m diffsmooth_fast.demo.train)")
     return replace(models, denoiser=denoiser, classifier=classifier)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models.loading import load_checkpoint
-from .models.openai_flags import OpenAIFlags, layout_mismatch, openai_flags, preset
-from .models.unet import UNet
+from ..models.loading import load_checkpoint
+from ..models.unet import UNet
+from .openai_flags import OpenAIFlags, layout_mismatch, openai_flags, preset
 from .schedule import DiffusionSchedule
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -107,7 +107,7 @@ class Denoiser(nn.Module):
         Args:
             checkpoint: path of the ``.pt`` file (``torch.save`` of the state dict), or the state dict itself.
             defaults: ``"guided"`` (guided-diffusion's ``model_and_diffusion_defaults()``) or ``"improved"``
-                (improved-diffusion's) for the flags not given; see :mod:`diffsmooth_fast.models.openai_flags`.
+                (improved-diffusion's) for the flags not given; see :mod:`diffsmooth_fast.diffusion.openai_flags`.
             dtype: weights and activations: float32, float16 or bfloat16 (GroupNorm and softmax run in float32).
             device: where the model lives.
             trust_checkpoint: allow a file that needs arbitrary code to unpickle.

@@ -20,8 +20,8 @@ from typing import Protocol
 
 import torch
 
-from .certify import PHASE_PROBE, SamplePositions, noise_stream
-from .ops import gaussian_noise, resolve_backend
+from ..ops import gaussian_noise, resolve_backend
+from ..smoothing.certify import PHASE_PROBE, SamplePositions, noise_stream
 
 log = logging.getLogger("diffsmooth_fast")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops import gaussian_noise, resolve_backend
 from . import stats
-from .ops import gaussian_noise, resolve_backend
 
 PHASE_SELECTION = 0
 PHASE_ESTIMATION = 1

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .certify import SamplePositions, noise_stream
-from .denoiser import Denoiser, noisy_to_model_input
+from ..diffusion.denoiser import Denoiser, noisy_to_model_input
+from ..models.classifiers import NormalizedClassifier
+from ..ops import denoise_replicate, gaussian_noise, resolve_backend
+from ..smoothing.certify import SamplePositions, noise_stream
 from .graphs import GraphedFunction, GraphPool
-from .models.classifiers import NormalizedClassifier
-from .ops import denoise_replicate, gaussian_noise, resolve_backend
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -149,7 +149,7 @@ class PurifiedClassifier(nn.Module):
             denoiser, go from the UNet's output to the classifier network's B*m inputs in one kernel
             (:func:`~diffsmooth_fast.ops.denoise_replicate`: denoise, clamp, local noise, normalisation) instead of
             four tensor passes. Same numbers up to float32 rounding (tested); other cases ignore it.
-        cuda_graphs: run the networks through CUDA graphs captured per batch shape (:mod:`~diffsmooth_fast.graphs`):
+        cuda_graphs: run the networks through CUDA graphs captured per batch shape (:mod:`~diffsmooth_fast.engine.graphs`):
             the denoiser (its UNet, with the scalings around it) and the classifier, each a pure function of its
             input tensor, are graphed separately, while the noise this pipeline draws itself (fresh local noise,
             the reverse process, at Philox offsets that change with every batch) stays outside the graphs, so
@@ -183,7 +183,7 @@ class PurifiedClassifier(nn.Module):
             and not denoiser.flags.predict_xstart
         self.reverse = None
         if config.method == "multistep":
-            from .reverse import ReverseProcess  # only multistep needs it
+            from ..diffusion.reverse import ReverseProcess  # only multistep needs it
 
             self.reverse = ReverseProcess(denoiser, config.sigma, config.reverse_steps)
         self._fixed: dict[tuple, torch.Tensor] = {}

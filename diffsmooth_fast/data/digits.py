@@ -1,11 +1,11 @@
-"""The demo's data: scikit-learn's digits (1,797 real handwritten 8x8 images, 10 classes), and where the demo's
-files live in the package.
+"""The demo's data: scikit-learn's digits (1,797 real handwritten 8x8 images, 10 classes).
 
 The images are grey levels 0..16; the demo reads them as pixels ``v / 16`` in [0, 1], repeated to 3 channels
 (the OpenAI UNet and Cohen's ResNets take RGB), so a demo image is [3, 8, 8] and its certified radius is
 measured in that 192-dimensional space. The train/test split is fixed: 36 test images per class drawn with
 ``numpy.random.default_rng(SPLIT_SEED)``, 360 in all, kept in the dataset's order; the other 1,437 train.
-Only the test split ships (``files/digits_test.npz``); training needs scikit-learn, certifying does not.
+Only the test split ships (``data/files/digits_test.npz``, written by ``python -m diffsmooth_fast.demo.train``);
+training needs scikit-learn, certifying does not. The models trained on it are in :mod:`diffsmooth_fast.models.shipped`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .datasets import NpzDataset  # the .npz reader every other dataset uses
 
 SPLIT_SEED = 0
 TEST_PER_CLASS = 36
@@ -24,20 +26,7 @@ GREY_LEVELS = 16  # the digits' maximum value: pixel = value / 16
 DIGITS_MEAN = 0.3054
 DIGITS_STD = 0.3761
 
-FILES = Path(__file__).resolve().parent / "files"
-TEST_SPLIT = FILES / "digits_test.npz"
-DIFFUSION_CHECKPOINT = FILES / "diffusion" / "model.pt"
-DIFFUSION_FLAGS = FILES / "diffusion" / "flags.json"
-CLASSIFIER_NOISES = (0.0, 0.25, 0.5)  # Gaussian augmentation of the shipped classifiers (0: a standard one)
-MANIFEST = FILES / "manifest.json"
-
-
-def classifier_checkpoint(noise: float) -> Path:
-    """The shipped classifier trained with Gaussian augmentation ``noise`` (Cohen's ``noise_<sd>`` folders)."""
-    if not any(abs(noise - n) < 1e-9 for n in CLASSIFIER_NOISES):
-        raise ValueError(f"the demo ships classifiers for noise {', '.join(f'{n:.2f}' for n in CLASSIFIER_NOISES)}, "
-                         f"not {noise}")
-    return FILES / "classifier" / f"noise_{noise:.2f}" / "checkpoint.pth.tar"
+TEST_SPLIT = Path(__file__).resolve().parent / "files" / "digits_test.npz"
 
 
 def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +55,6 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
 
 def test_set():
     """The shipped test split as a dataset of (x [3, 8, 8] float32 in [0, 1], label)."""
-    from ..data import NpzDataset  # the .npz reader every other dataset uses
 
     if not TEST_SPLIT.is_file():
         raise ValueError(f"the demo's test split is missing from the installed package ({TEST_SPLIT.name}); "

@@ -15,8 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..schedule import DiffusionSchedule
-from .unet import UNetConfig
+from ..models.unet import UNetConfig
+from .schedule import DiffusionSchedule
 
 NUM_CLASSES = 1000  # OpenAI's class-conditional models are ImageNet models
 

@@ -5,7 +5,7 @@ and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model
 demo: DiffSmooth with the package's own diffusion model and classifiers on the digits test split. Output is
 Cohen et al.'s TSV on stdout or --out; progress and a summary go to stderr. User errors print one line and
 exit with status 2. Started by torchrun with several processes, certify and predict share the work (by
-image, or by sample with --split-samples; see :mod:`diffsmooth_fast.distributed`).
+image, or by sample with --split-samples; see :mod:`diffsmooth_fast.run.distributed`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
+from ..bench import command as bench
+from ..diffusion.openai_flags import PRESETS, OpenAIFlags
+from ..engine.method import LOCAL_NOISE, METHODS, MethodConfig
 from . import analyze, errors, runner
-from .bench import command as bench
-from .configs import (ALL_DATASETS, DTYPES, DataConfig, DistConfig, ModelConfig, OutputConfig, SamplingConfig,
-                      default_n, default_skip, parse_batch, resolve_models)
+from .configs import (
+    ALL_DATASETS,
+    DTYPES,
+    DataConfig,
+    DistConfig,
+    ModelConfig,
+    OutputConfig,
+    SamplingConfig,
+    default_n,
+    default_skip,
+    parse_batch,
+    resolve_models,
+)
 from .distributed import RankFailure
-from .models.openai_flags import PRESETS, OpenAIFlags
-from .pipeline import LOCAL_NOISE, METHODS, MethodConfig
 
 
 class _UsageError(ValueError):
