@@ -6,7 +6,8 @@ from .engine.method import MethodConfig, PurifiedClassifier
 from .models.classifiers import load_classifier
 from .ops import gaussian_noise
 from .smoothing import stats
-from .smoothing.certify import SamplePositions, Smooth
+from .smoothing.certify import Smooth
+from .smoothing.noise_address import SamplePositions
 
 __all__ = [
     "Denoiser",

@@ -13,8 +13,8 @@ import torch
 from diffsmooth_fast.engine.batching import DEFAULT_BATCH, CudaMemory, auto_batch, probe_call
 from diffsmooth_fast.ops import resolve_backend
 from diffsmooth_fast.run.cli import build_parser, main
-from diffsmooth_fast.run.configs import SamplingConfig, parse_batch
-from diffsmooth_fast.smoothing.certify import PHASE_PROBE
+from diffsmooth_fast.engine.options import EngineOptions, parse_batch
+from diffsmooth_fast.smoothing.noise_address import PHASE_PROBE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GiB, MiB = 2**30, 2**20
@@ -158,7 +158,7 @@ def test_batch_option_parses_integers_and_auto():
     with pytest.raises(ValueError, match="--batch must be an integer >= 1 or auto"):
         parse_batch("1.5")
     with pytest.raises(ValueError, match="--batch"):
-        SamplingConfig(batch="big")
+        EngineOptions(batch="big")
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "foo", "1e3", ""])
@@ -218,7 +218,7 @@ def test_auto_batch_on_gpu_free_memory(demo_pipeline):
     batch = auto_batch(base, x, 0.25, max_batch=20_000, device="cuda")
     assert 1 <= batch <= 20_000
     with torch.no_grad():
-        from diffsmooth_fast.smoothing.certify import SamplePositions
+        from diffsmooth_fast.smoothing.noise_address import SamplePositions
 
         scores = base(x.unsqueeze(0).repeat(batch, 1, 1, 1), positions=SamplePositions(0, 0, 1, 0, batch))
     assert scores.shape == (batch, 10)

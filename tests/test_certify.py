@@ -11,7 +11,7 @@ from scipy.stats import beta, norm
 
 from diffsmooth_fast import Smooth
 from diffsmooth_fast.ops import gaussian_noise
-from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, noise_stream
+from diffsmooth_fast.smoothing.noise_address import PHASE_ESTIMATION, PHASE_SELECTION, noise_stream
 
 SHAPE = (1, 4, 4)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffsmooth_fast import Denoiser, load_classifier
-from diffsmooth_fast.data import digits
+from diffsmooth_fast.data import NpzDataset, digits
 from diffsmooth_fast.diffusion.openai_flags import openai_flags, preset
 from diffsmooth_fast.engine.method import MethodConfig
 from diffsmooth_fast.models import shipped
@@ -167,43 +167,13 @@ def test_trainer_runs_and_writes_loadable_files(tmp_path):
     pytest.importorskip("sklearn")
     from diffsmooth_fast.demo import train
 
-    assert train.main(["--out", str(tmp_path), "--diffusion-steps", "2", "--classifier-epochs", "1",
-                       "--eval-draws", "1"]) == 0
+    split = tmp_path / "split" / "digits_test.npz"
+    assert train.main(["--out", str(tmp_path), "--split-out", str(split), "--diffusion-steps", "2",
+                       "--classifier-epochs", "1", "--eval-draws", "1"]) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["test_split"]["path"] == str(split) and len(NpzDataset(split)) == 360
     assert manifest["diffusion_steps"] == 2 and set(manifest["test_accuracy"]) == {
         "clean", "gaussian", "denoised", "denoised_local"}
     Denoiser.from_openai(str(tmp_path / "diffusion" / "model.pt"),
                          **json.loads((tmp_path / "diffusion" / "flags.json").read_text()))
     load_classifier(tmp_path / "classifier" / "noise_0.50" / "checkpoint.pth.tar")
-
-
-# --- the fused denoise path against the plain one, on the shipped models ---------------------------------------
-
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
-@pytest.mark.parametrize("method,local_noise", [("diffsmooth", "fixed"), ("diffsmooth", "fresh"),
-                                                ("diffsmooth", "reference"), ("dds", "fixed")])
-def test_fused_pipeline_gives_the_plain_pipelines_scores(test_split, method, local_noise, backend):
-    from diffsmooth_fast.engine.method import PurifiedClassifier
-    from diffsmooth_fast.smoothing.certify import SamplePositions
-
-    x, _ = test_split
-    config = MethodConfig(method, 0.5, local_sigma=0.25, local_sigma_shift=0.03, m=3, local_noise=local_noise)
-    den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT))
-    clf = load_classifier(shipped.classifier_checkpoint(0.25))
-    x_noisy = x[:13] + 0.5 * torch.randn(x[:13].shape, generator=torch.Generator().manual_seed(0))
-    positions = SamplePositions(7, 40, 1, 21, 13)  # seed, idx, phase, first, count: somewhere inside a run
-    scores = {}
-    for fused in (False, True):
-        base = PurifiedClassifier(config, clf, den, seed=7, backend=backend, fused=fused)
-        assert base.fused == fused
-        scores[fused] = base(x_noisy, positions=positions)
-    assert scores[True].shape == (13, 10)
-    torch.testing.assert_close(scores[True], scores[False], rtol=1e-5, atol=1e-5)
-
-
-def test_fused_flag_certifies_like_the_plain_path(tmp_path):
-    args = ["certify", "--max", "3", "--n0", "20", "--n", "100", "--local-noise", "fresh", "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "plain.tsv")]) == 0
-    assert main([*args, "--fused", "--out", str(tmp_path / "fused.tsv")]) == 0
-    strip = lambda path: [line.rsplit("\t", 1)[0] for line in open(path).read().splitlines()]  # noqa: E731
-    assert strip(tmp_path / "fused.tsv") == strip(tmp_path / "plain.tsv")

@@ -22,7 +22,8 @@ from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
 from diffsmooth_fast.run import distributed
 from diffsmooth_fast.run import tsv as io
 from diffsmooth_fast.run.cli import main
-from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, SampleShard, Smooth
+from diffsmooth_fast.smoothing.certify import SampleShard, Smooth
+from diffsmooth_fast.smoothing.noise_address import PHASE_ESTIMATION, PHASE_SELECTION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

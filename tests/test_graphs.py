@@ -1,6 +1,6 @@
 """CUDA graphs per batch shape (diffsmooth_fast.engine.graphs): the caching logic with a fake graph backend on the CPU,
-the CPU passthrough of PurifiedClassifier(cuda_graphs=True) and --cuda-graphs, and on a GPU graphed against eager
-outputs and certificates."""
+the engine's networks through graphs (EngineOptions(cuda_graphs=True)) and --cuda-graphs, and on a GPU graphed
+against eager outputs, counts and certificates."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import logging
 import pytest
 import torch
 
-from diffsmooth_fast import Denoiser, load_classifier
+from diffsmooth_fast import Denoiser, Smooth, load_classifier
 from diffsmooth_fast.data import digits
+from diffsmooth_fast.engine.counting import CountingPath
 from diffsmooth_fast.engine.graphs import GraphedFunction, GraphPool
 from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.engine.options import EngineOptions, assemble
 from diffsmooth_fast.models import shipped
 from diffsmooth_fast.run.build import build_job
 from diffsmooth_fast.run.cli import main
-from diffsmooth_fast.run.configs import DataConfig, ModelConfig, SamplingConfig
-from diffsmooth_fast.smoothing.certify import SamplePositions
+from diffsmooth_fast.run.configs import DataConfig, ModelConfig, SamplingConfig, resolve
+from diffsmooth_fast.smoothing.noise_address import SamplePositions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOGGER = "diffsmooth_fast"
@@ -142,7 +144,7 @@ def test_rejects_bad_max_shapes():
         GraphedFunction(affine, max_shapes=0)
 
 
-# --- PurifiedClassifier and the command line ----------------------------------------------------------------------
+# --- the engine's networks and the command line ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def demo_models():
@@ -159,14 +161,28 @@ def noisy_batch(x: torch.Tensor, b: int, seed: int, device: str = "cpu") -> torc
 
 PIPELINES = [("diffsmooth", "fresh", False), ("diffsmooth", "fresh", True), ("diffsmooth", "fixed", False),
              ("dds", "fixed", True), ("cohen", "fixed", False), ("multistep", "fixed", False)]
+CALLS = ("denoise", "model_output", "classify", "classify_normalized")
 
 
-def pipeline(demo_models, method, local_noise, fused, device="cpu", **kwargs) -> PurifiedClassifier:
+def pipeline(demo_models, method, local_noise, fused, device="cpu", fake_graphs=False,
+             **options) -> PurifiedClassifier | CountingPath:
+    """The method's base classifier as a run assembles it; ``fake_graphs``: through graphs of the fake backend."""
     den, clf, _ = demo_models
     config = MethodConfig(method, 0.5, local_sigma=0.25, m=3, local_noise=local_noise, reverse_steps=2,
                           reverse_runs=2)
     den = copy.deepcopy(den).to(device) if config.uses_denoiser else None  # the fixture's models stay on the CPU
-    return PurifiedClassifier(config, copy.deepcopy(clf).to(device), den, seed=7, fused=fused, **kwargs)
+    base = assemble(config, copy.deepcopy(clf).to(device), den, EngineOptions(fused=fused, device=device, **options),
+                    seed=7)
+    base.networks.start()
+    if fake_graphs:
+        for name in CALLS:
+            base.networks.graphed(name).backend = FakeBackend()
+        base.networks.graphs_on = True
+    return base
+
+
+def captures(base) -> dict[str, int]:
+    return {name: base.networks.graphed(name).captures for name in CALLS}
 
 
 @pytest.mark.parametrize("method,local_noise,fused", PIPELINES)
@@ -174,9 +190,7 @@ def test_pipeline_through_fake_graphs_gives_the_eager_scores(demo_models, method
     """The pipeline routes its networks through the graphed functions, batch shape by batch shape, while its own
     noise (drawn at positions that change every batch) stays outside them."""
     eager = pipeline(demo_models, method, local_noise, fused)
-    graphed = pipeline(demo_models, method, local_noise, fused, cuda_graphs=True)
-    for fn in (graphed._graphed_denoise, graphed._graphed_classify):
-        fn.backend = FakeBackend()
+    graphed = pipeline(demo_models, method, local_noise, fused, fake_graphs=True)
     x = demo_models[2]
     first = 0
     for b in (6, 6, 4):
@@ -184,20 +198,32 @@ def test_pipeline_through_fake_graphs_gives_the_eager_scores(demo_models, method
         torch.testing.assert_close(graphed(batch, positions=positions), eager(batch, positions=positions),
                                    rtol=0, atol=0)
         first += b
-    uses_unet = method != "cohen" and method != "multistep"
-    assert graphed._graphed_denoise.captures == (2 if uses_unet else 0)
-    assert graphed._graphed_classify.captures == 2
+    uses_unet = method in ("diffsmooth", "dds")
+    assert captures(graphed) == {"denoise": 2 if uses_unet else 0, "model_output": 0, "classify": 2,
+                                 "classify_normalized": 0}
+
+
+@pytest.mark.parametrize("method,local_noise", [("diffsmooth", "fresh"), ("dds", "fixed"), ("cohen", "fixed")])
+def test_counting_path_through_fake_graphs_gives_the_eager_counts(demo_models, method, local_noise):
+    eager = pipeline(demo_models, method, local_noise, True)
+    graphed = pipeline(demo_models, method, local_noise, True, fake_graphs=True)
+    x = demo_models[2]
+    want = Smooth(eager, 10, seed=7).sample_counts(x, 30, 12, idx=3)
+    assert torch.equal(Smooth(graphed, 10, seed=7).sample_counts(x, 30, 12, idx=3), want)
+    folds = method != "cohen"
+    assert captures(graphed) == {"denoise": 0, "model_output": 2 if folds else 0, "classify": 0 if folds else 2,
+                                 "classify_normalized": 2 if folds else 0}  # batches of 12 and of 6
 
 
 def test_cuda_graphs_on_cpu_is_the_eager_pipeline(demo_models, caplog):
     eager = pipeline(demo_models, "diffsmooth", "fresh", False)
-    graphed = pipeline(demo_models, "diffsmooth", "fresh", False, cuda_graphs=True)
-    batch, positions = noisy_batch(demo_models[2], 5, 0), SamplePositions(7, 3, 1, 0, 5)
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        scores = graphed(batch, positions=positions)
-    assert torch.equal(scores, eager(batch, positions=positions))
-    assert graphed._graphed_denoise.captures == graphed._graphed_classify.captures == 0
-    assert any("CUDA tensors only" in r.getMessage() for r in caplog.records if r.name == LOGGER)
+        graphed = pipeline(demo_models, "diffsmooth", "fresh", False, cuda_graphs=True)
+    batch, positions = noisy_batch(demo_models[2], 5, 0), SamplePositions(7, 3, 1, 0, 5)
+    assert not graphed.networks.graphs_on  # start() switches graphs on only on CUDA
+    assert torch.equal(graphed(batch, positions=positions), eager(batch, positions=positions))
+    assert sum(captures(graphed).values()) == 0
+    assert any("--cuda-graphs: ignored on cpu" in r.getMessage() for r in caplog.records if r.name == LOGGER)
 
 
 def test_cuda_graphs_option_is_ignored_on_cpu_with_a_note(tmp_path, caplog):
@@ -215,8 +241,9 @@ def test_cuda_graphs_option_is_ignored_on_cpu_with_a_note(tmp_path, caplog):
 @pytest.mark.gpu
 @pytest.mark.parametrize("method,local_noise,fused", PIPELINES)
 def test_graphed_pipeline_matches_eager_on_gpu(demo_models, method, local_noise, fused):
-    eager = pipeline(demo_models, method, local_noise, fused, device="cuda", backend="auto")
-    graphed = pipeline(demo_models, method, local_noise, fused, device="cuda", backend="auto", cuda_graphs=True)
+    eager = pipeline(demo_models, method, local_noise, fused, device="cuda")
+    graphed = pipeline(demo_models, method, local_noise, fused, device="cuda", cuda_graphs=True)
+    assert graphed.networks.graphs_on
     x = demo_models[2]
     first = 0
     for b in (32, 32, 7, 32, 7, 2):  # full batches, a smaller last batch, the probe's 2
@@ -226,9 +253,13 @@ def test_graphed_pipeline_matches_eager_on_gpu(demo_models, method, local_noise,
             got = graphed(batch, positions=positions)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
         first += b
-    assert graphed._graphed_classify.captures == 3 and not graphed._graphed_classify.failed
-    if method not in ("cohen", "multistep"):
-        assert graphed._graphed_denoise.captures == 3 and not graphed._graphed_denoise.failed
+    assert captures(graphed)["classify"] == 3 and not graphed.networks.graphed("classify").failed
+    if method in ("diffsmooth", "dds"):
+        assert captures(graphed)["denoise"] == 3 and not graphed.networks.graphed("denoise").failed
+    if fused:
+        x = x.cuda()
+        want = Smooth(eager, 10, seed=7).sample_counts(x, 100, 32, idx=3)
+        assert torch.equal(Smooth(graphed, 10, seed=7).sample_counts(x, 100, 32, idx=3), want)
 
 
 @pytest.mark.gpu
@@ -249,9 +280,9 @@ def test_certificates_with_and_without_graphs_on_gpu(method, local_noise, fused)
     method_config = MethodConfig(method, 0.25, m=3, local_noise=local_noise)
     results = {}
     for graphs in (False, True):
-        sampling = SamplingConfig(n0=20, n=200, batch=64, device="cuda", fused=fused, cuda_graphs=graphs)
-        job = build_job(data, ModelConfig(), method_config, sampling)
-        assert job.smooth.base_classifier.cuda_graphs == graphs
+        engine = EngineOptions(batch=64, device="cuda", fused=fused, cuda_graphs=graphs)
+        job = build_job(resolve("certify", data, ModelConfig(), method_config, SamplingConfig(n0=20, n=200), engine))
+        assert job.smooth.base_classifier.networks.graphs_on == graphs
         results[graphs] = [job.smooth.certify(job.images[i][0].cuda(), 20, 200, 0.001, job.batch, idx=i)
                            for i in job.indices]
     assert results[True] == results[False]

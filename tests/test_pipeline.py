@@ -16,7 +16,7 @@ from diffsmooth_fast.diffusion.reverse import ReverseProcess, reverse_timesteps
 from diffsmooth_fast.diffusion.schedule import space_timesteps
 from diffsmooth_fast.engine.method import KIND_LOCAL, MethodConfig, PurifiedClassifier, classifier_stream
 from diffsmooth_fast.ops import gaussian_noise
-from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, SamplePositions
+from diffsmooth_fast.smoothing.noise_address import PHASE_ESTIMATION, SamplePositions
 
 from .tiny_models import UNET_FLAGS, fill_state_dict
 

@@ -20,7 +20,7 @@ from ..engine.method import MethodConfig, PurifiedClassifier
 from ..models import shipped
 from ..models.classifiers import load_classifier
 from ..ops import gaussian_noise
-from ..smoothing.certify import PHASE_ESTIMATION, SamplePositions, noise_stream
+from ..smoothing.noise_address import PHASE_ESTIMATION, SamplePositions, noise_stream
 from . import record
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,7 +31,7 @@ def base_labels(dtype: torch.dtype, images: torch.Tensor, method: MethodConfig, 
     """Labels [images, samples] of the demo's DiffSmooth base classifier with its models held in ``dtype``."""
     den = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), dtype=dtype, device=device)
     clf = load_classifier(shipped.classifier_checkpoint(shipped.classifier_noise_for(method)))
-    base = PurifiedClassifier(method, clf.to(device=device, dtype=dtype).eval(), den, seed=seed, dtype=dtype)
+    base = PurifiedClassifier(method, clf.to(device=device, dtype=dtype).eval(), den, seed=seed)  # inputs cast to dtype
     out = torch.empty(len(images), samples, dtype=torch.int64, device=device)  # copied to the host once, at the end
     with torch.no_grad():
         for i, x in enumerate(images):

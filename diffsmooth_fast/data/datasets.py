@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..checks import check_choice, is_int
+
 # torchvision's IMG_EXTENSIONS, compared case-insensitively as ImageFolder does.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("cifar10", "imagenet", "folder", "npz")
@@ -164,7 +166,7 @@ class _ImageDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike[str], resize: int | None, crop: int | None, *, labelled: bool):
         for name, value in (("resize", resize), ("crop", crop)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and not (is_int(value) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         self.root, self.resize, self.crop = os.fspath(root), resize, crop
         if not os.path.isdir(self.root):
@@ -280,8 +282,7 @@ def load_dataset(name: str, path: str | os.PathLike[str], split: str = "test", *
         resize, crop: image pre-processing (shorter side, center crop) for ``imagenet`` (default 256 and 224, the
             reference's) and ``folder`` (default none). For other settings build ``ImageFolderDataset`` directly.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    check_choice("dataset", name, DATASETS)
     if name in ("cifar10", "npz") and (resize is not None or crop is not None):
         raise ValueError(f"resize and crop apply to image datasets (imagenet, folder), not {name}")
     if name in ("folder", "npz") and split != "test":

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from ..models import shipped
 from ..models.classifiers import InputNormalization, NormalizedClassifier
 from ..models.resnet import digits_resnet14
 from ..models.unet import UNet
+from ..run.atomic import atomic_write
 
 CLASSIFIER_ARCH = "digits_resnet14"
 
@@ -186,9 +186,10 @@ def _sha256(path: Path) -> str:
 def _save(obj: object, path: Path) -> None:
     """torch.save through a temporary file, so an interrupted run never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # Into the file object, not a path: torch names the archive inside after a path ("model.pt.<pid>.tmp"), so
+    # a path would make the bytes (and the manifest's SHA-256) change with the pid.
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..models.loading import load_checkpoint
 from ..models.unet import UNet
 from .openai_flags import OpenAIFlags, layout_mismatch, openai_flags, preset
@@ -38,8 +39,7 @@ class StepCoefficients:
 
 def step_coefficients(schedule: DiffusionSchedule, t: int) -> StepCoefficients:
     """The coefficients of step t of ``schedule`` (0 <= t < len(schedule))."""
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(schedule):
-        raise ValueError(f"timestep must be an integer in [0, {len(schedule)}), got {t!r}")
+    check_int("timestep", t, 0, below=len(schedule))
     abar = float(schedule.alphas_cumprod[t])
     return StepCoefficients(
         t, schedule.model_timestep(t), math.sqrt(abar), math.sqrt(1.0 / abar), math.sqrt(1.0 / abar - 1)
@@ -223,10 +223,8 @@ class Denoiser(nn.Module):
         return eps_to_denoised(x_t, out, c)
 
     def _steps(self, t: int | torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
-            t = int(t)
-            if not 0 <= t < len(self.schedule):
-                raise ValueError(f"timestep must be in [0, {len(self.schedule)}), got {t}")
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):  # numpy integers too
+            t = check_int("timestep", int(t), 0, below=len(self.schedule))
             return torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be an int or an integer tensor [B] with B = {x_t.shape[0]}")

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..checks import check_float, check_int, is_int, is_number
 from ..models.unet import UNetConfig
 from .schedule import DiffusionSchedule
 
@@ -74,11 +75,9 @@ class OpenAIFlags:
             _check_type(f.name, value, f.type)
         if self.defaults not in ("guided", "improved"):
             raise ValueError(f"defaults must be 'guided' or 'improved', got {self.defaults!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_float("dropout", self.dropout, minimum=0.0, below=1.0)
         for name in ("image_size", "num_channels", "num_res_blocks", "diffusion_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            check_int(name, getattr(self, name), 1)
         self.resolved_channel_mult()
         self.attention_ds()
         self.schedule()  # validates noise_schedule, diffusion_steps, timestep_respacing
@@ -277,9 +276,12 @@ def _other(defaults: str) -> str:
     return "improved" if defaults == "guided" else "guided"
 
 
+_IS_TYPE = {"int": is_int, "float": is_number, "bool": lambda v: isinstance(v, bool),
+            "str": lambda v: isinstance(v, str)}
+
+
 def _check_type(name: str, value: object, annotation: str) -> None:
-    kind = {"int": int, "bool": bool, "str": str, "float": (int, float)}[annotation]
-    if isinstance(value, bool) and annotation != "bool" or not isinstance(value, kind):
+    if not _IS_TYPE[annotation](value):
         raise ValueError(f"flag {name} must be {annotation}, got {value!r}")
 
 

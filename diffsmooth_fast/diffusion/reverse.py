@@ -16,16 +16,16 @@ import math
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..ops import gaussian_noise
-from ..smoothing.certify import SamplePositions
+from ..smoothing.noise_address import KIND_REVERSE, SamplePositions, classifier_stream
 from .denoiser import Denoiser, noisy_to_model_input, x0_to_pixels
 from .schedule import space_timesteps
 
 
 def reverse_timesteps(t_star: int, steps: int) -> list[int]:
     """The kept steps, ascending, from 0 to t* (just [t*] for one step: the one-shot denoise)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"reverse steps must be an integer >= 1, got {steps!r}")
+    check_int("reverse steps", steps, 1)
     if steps > t_star + 1:
         raise ValueError(f"reverse steps must be at most t* + 1 = {t_star + 1} for this sigma, got {steps}")
     return [t_star] if steps == 1 else space_timesteps(t_star + 1, str(steps))
@@ -68,8 +68,6 @@ class ReverseProcess:
         Row i's noise at kept step k is Philox stream ``classifier_stream(idx, phase, KIND_REVERSE, k)`` at the
         offset of (positions.first * K + i) whole images, so each sample and run always gets the same noise.
         """
-        from ..engine.method import KIND_REVERSE, classifier_stream  # pipeline imports this module lazily
-
         den, c = self.denoiser, x_noisy.shape[1]
         x = noisy_to_model_input(x_noisy, self.sqrt_abar_start)
         offset = positions.first * runs * x[0].numel()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..checks import check_choice, check_float, check_int
+
 NOISE_SCHEDULES = ("linear", "cosine")
 
 
@@ -23,21 +25,19 @@ def named_betas(noise_schedule: str, num_steps: int) -> np.ndarray:
     ``linear``: Ho et al.'s 1e-4 .. 0.02 scaled by 1000/num_steps. ``cosine``: Nichol & Dhariwal's
     alpha_bar(t) = cos((t + 0.008) / 1.008 * pi/2)**2, betas clipped at 0.999.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"diffusion_steps must be an integer >= 1, got {num_steps!r}")
+    check_int("diffusion_steps", num_steps, 1)
+    check_choice("noise_schedule", noise_schedule, NOISE_SCHEDULES)
     if noise_schedule == "linear":
         scale = 1000 / num_steps
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
-    if noise_schedule == "cosine":
 
-        def alpha_bar(t: float) -> float:
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    def alpha_bar(t: float) -> float:  # cosine
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        # A Python loop over Python floats, not vectorised numpy: the same operations in the same order.
-        return np.array(
-            [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), 0.999) for i in range(num_steps)]
-        )
-    raise ValueError(f"noise_schedule must be one of {', '.join(NOISE_SCHEDULES)}, got {noise_schedule!r}")
+    # A Python loop over Python floats, not vectorised numpy: the same operations in the same order.
+    return np.array(
+        [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), 0.999) for i in range(num_steps)]
+    )
 
 
 def space_timesteps(num_steps: int, section_counts: str) -> list[int]:
@@ -128,8 +128,7 @@ class DiffusionSchedule:
         Raises:
             ValueError: sigma is not a finite number > 0, or is beyond the schedule's last step.
         """
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        check_float("sigma", sigma, above=0.0)
         ratio = self.noise_ratio
         if not ratio[-1] >= 2 * sigma:
             raise ValueError(

@@ -20,8 +20,9 @@ from typing import Protocol
 
 import torch
 
+from ..checks import check_float, check_int
 from ..ops import gaussian_noise, resolve_backend
-from ..smoothing.certify import PHASE_PROBE, SamplePositions, noise_stream
+from ..smoothing.noise_address import PHASE_PROBE, SamplePositions, noise_stream
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -103,13 +104,10 @@ def auto_batch(base_classifier: Callable[..., torch.Tensor], example_image: torc
     Raises:
         ValueError: bad arguments, or a single sample does not fit in memory.
     """
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
-                                      or memory_budget < 1):
-        raise ValueError(f"memory_budget must be a number of bytes >= 1, got {memory_budget!r}")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    check_int("max_batch", max_batch, 1)
+    if memory_budget is not None:
+        check_int("memory_budget (bytes)", memory_budget, 1)
+    check_float("fraction", fraction, above=0.0, maximum=1.0)
     if not isinstance(example_image, torch.Tensor) or example_image.ndim != 3:
         raise ValueError("example_image must be one image [C, H, W]")
     device = torch.device(device)

@@ -38,6 +38,8 @@ from typing import Protocol
 
 import torch
 
+from ..checks import check_int
+
 log = logging.getLogger("diffsmooth_fast")
 
 DEFAULT_MAX_SHAPES = 4  # a certify run's n0 batch, full batch and last batch, and one to spare
@@ -120,9 +122,7 @@ class GraphedFunction:
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, name: str = "function",
                  max_shapes: int = DEFAULT_MAX_SHAPES, pool: GraphPool | None = None,
                  backend: GraphBackend | None = None) -> None:
-        if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
-            raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
-        self.fn, self.name, self.max_shapes = fn, name, max_shapes
+        self.fn, self.name, self.max_shapes = fn, name, check_int("max_shapes", max_shapes, 1)
         self.pool = pool if pool is not None else GraphPool()
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.captures = 0  # graphs captured so far (a shape evicted and seen again is captured again)

@@ -20,43 +20,31 @@ per run from the project's Philox generator under the run's seed at a dedicated 
 every sample, as the reference does ("fixed" is its default); ``reference`` is ``fixed`` with the reference's
 exact draw, ``torch.manual_seed(42); torch.randn(m, C, H, W)`` on the CPU, made with a private generator so the
 global torch RNG is left alone. Every mode yields a valid certificate: the base classifier may use any
-randomness independent of the smoothing noise.
+randomness independent of the smoothing noise. Where each noise is drawn: :mod:`~diffsmooth_fast.smoothing.noise_address`.
+
+This module is the mathematics only. How fast the networks run (precision, memory format, CUDA graphs,
+torch.compile) is :mod:`~diffsmooth_fast.engine.options`'s business: the pipeline calls its networks through a
+:class:`Networks` object, plain calls by default, and the fused counting path
+(:mod:`~diffsmooth_fast.engine.counting`) reuses the stages defined here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..diffusion.denoiser import Denoiser, noisy_to_model_input
+from ..diffusion.denoiser import Denoiser
 from ..models.classifiers import NormalizedClassifier
-from ..ops import denoise_replicate, gaussian_noise, resolve_backend
-from ..smoothing.certify import SamplePositions, noise_stream
-from .graphs import GraphedFunction, GraphPool
-
-log = logging.getLogger("diffsmooth_fast")
+from ..ops import gaussian_noise, resolve_backend
+from ..smoothing.noise_address import FIXED_NOISE_IMAGE, KIND_FIXED, KIND_LOCAL, SamplePositions, classifier_stream
 
 METHODS = ("diffsmooth", "dds", "cohen", "local-only", "multistep")
 LOCAL_NOISE = ("fixed", "fresh", "reference")
 REFERENCE_LOCAL_SEED = 42  # the reference's torch.manual_seed before drawing its fixed local noise
-
-# Philox counter word c3 of a base classifier's own noise: Smooth uses 0..3 (its phases) there, so these kinds
-# (in bits 8..15) and the reverse step (bits 16..31) can never meet the smoothing noise.
-KIND_LOCAL = 1
-KIND_REVERSE = 2
-KIND_FIXED = 3
-
-
-def classifier_stream(idx: int, phase: int, kind: int, step: int = 0) -> int:
-    """Philox stream of a base classifier's own noise of ``kind`` for sampling phase ``phase`` of image ``idx``."""
-    if not 0 <= step < 2**16:
-        raise ValueError(f"step must be in [0, 65536), got {step}")
-    return noise_stream(idx, phase | (kind << 8) | (step << 16))
 
 
 def _finite(name: str, value: object) -> float:
@@ -131,12 +119,65 @@ class MethodConfig:
         return out
 
 
+class Networks(Protocol):
+    """How a pipeline calls its two networks. Every call is a pure function of its input tensor (sigma, t* and
+    the weights are fixed for a run), which is what lets an implementation replay it from a CUDA graph."""
+
+    classifier_dtype: torch.dtype | None  # what the classifier's inputs are cast to (None: as they come)
+
+    def denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        """One-shot denoise at the method's sigma: [B, C, H, W] pixels plus noise -> [B, C, H, W] in [0, 1]."""
+        ...
+
+    def model_output(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The UNet's first C output channels at t* for diffusion inputs x_t [B, C, H, W] (eps or x0)."""
+        ...
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, K] in float32 of images [N, C, H, W] in [0, 1] (the classifier's normalisation included)."""
+        ...
+
+    def classify_normalized(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits [N, K] in float32 of inputs already normalised as the classifier's first layer would."""
+        ...
+
+
+class DirectNetworks:
+    """:class:`Networks` as plain module calls: the reference the faster ways of calling are tested against.
+
+    Inputs are cast to the classifier's parameter dtype (a model held in half precision takes half inputs) and
+    logits returned in float32; the denoiser casts its own input.
+    """
+
+    def __init__(self, classifier: nn.Module, denoiser: Denoiser | None, sigma: float) -> None:
+        self.classifier, self.denoiser, self.sigma = classifier, denoiser, sigma
+        param = next(classifier.parameters(), None)
+        self.classifier_dtype = param.dtype if param is not None and param.is_floating_point() else None
+        self.t_star = denoiser.coefficients(sigma).t if denoiser is not None else None
+
+    def denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x_noisy, self.sigma)
+
+    def model_output(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.denoiser.model_output(x_t, self.t_star)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self._cast(x)).float()
+
+    def classify_normalized(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier.net(self._cast(inputs)).float()
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.classifier_dtype is None else x.to(self.classifier_dtype)
+
+
 class PurifiedClassifier(nn.Module):
     """The base classifier f of a method: noisy images [B, C, H, W] (pixels plus N(0, sigma^2)) -> scores [B, K].
 
     Scores are logits (cohen, dds), the mean softmax over the m local copies (diffsmooth, local-only) or the
     votes of the K reverse runs (multistep); the predicted class is their argmax in every case. Called by
-    :class:`~diffsmooth_fast.Smooth` with ``positions`` (fresh local noise and the reverse process need them).
+    :class:`~diffsmooth_fast.Smooth` with ``positions`` (fresh local noise and the reverse process need them);
+    ``smoothing_sigma`` tells Smooth the sigma the method was built for.
 
     Args:
         config: the method.
@@ -144,33 +185,15 @@ class PurifiedClassifier(nn.Module):
         denoiser: the diffusion model, for the methods that purify (None otherwise).
         seed: Philox key of the fixed local noise (use the run's seed).
         backend: noise backend for this pipeline's own noise.
-        dtype: the classifier's precision; its inputs are cast to it and its logits back to float32.
-        fused: for ``diffsmooth`` and ``dds`` with a ``NormalizedClassifier`` and an epsilon-predicting
-            denoiser, go from the UNet's output to the classifier network's B*m inputs in one kernel
-            (:func:`~diffsmooth_fast.ops.denoise_replicate`: denoise, clamp, local noise, normalisation) instead of
-            four tensor passes. Same numbers up to float32 rounding (tested); other cases ignore it.
-        cuda_graphs: run the networks through CUDA graphs captured per batch shape (:mod:`~diffsmooth_fast.engine.graphs`):
-            the denoiser (its UNet, with the scalings around it) and the classifier, each a pure function of its
-            input tensor, are graphed separately, while the noise this pipeline draws itself (fresh local noise,
-            the reverse process, at Philox offsets that change with every batch) stays outside the graphs, so
-            the results are those of the eager path. Multistep graphs its classifier only (its UNet calls change
-            step by step). A no-op for CPU tensors. May be switched on or off between calls.
-        channels_last: hold both networks and feed them their inputs in channels_last (NHWC) memory format, which
-            cuDNN's half-precision convolutions prefer. Converts the networks' parameters in place. Same function.
-        autocast: run both networks under ``torch.autocast`` in this dtype (float16 or bfloat16) with their weights
-            left in float32 (``dtype`` should then be float32): the alternative to holding the models in half
-            precision, for parity checks; GroupNorm and the attention softmax stay in float32 either way.
+        networks: how the two networks are called (None: :class:`DirectNetworks`); the engine passes one with
+            its speed options applied (:func:`diffsmooth_fast.engine.options.assemble`).
     """
 
     accepts_positions = True
 
     def __init__(self, config: MethodConfig, classifier: nn.Module, denoiser: Denoiser | None = None, *,
-                 seed: int = 0, backend: str | None = "auto", dtype: torch.dtype = torch.float32,
-                 fused: bool = False, cuda_graphs: bool = False, channels_last: bool = False,
-                 autocast: torch.dtype | None = None) -> None:
+                 seed: int = 0, backend: str | None = "auto", networks: Networks | None = None) -> None:
         super().__init__()
-        if autocast not in (None, torch.float16, torch.bfloat16):
-            raise ValueError(f"autocast must be torch.float16 or torch.bfloat16, got {autocast!r}")
         if config.uses_denoiser and denoiser is None:
             raise ValueError(f"method {config.method} needs a diffusion model (--denoiser)")
         if not config.uses_denoiser and denoiser is not None:
@@ -178,26 +201,25 @@ class PurifiedClassifier(nn.Module):
         if denoiser is not None and denoiser.flags.class_cond:
             raise ValueError("the diffusion model is class-conditional; DiffSmooth purifies with an unconditional one")
         self.config, self.classifier, self.denoiser = config, classifier, denoiser
-        self.seed, self.backend, self.dtype = seed, backend, dtype
-        self.fused = fused and config.method in ("diffsmooth", "dds") and isinstance(classifier, NormalizedClassifier) \
-            and not denoiser.flags.predict_xstart
+        self.seed, self.backend = seed, backend
+        self.networks = networks if networks is not None else DirectNetworks(classifier, denoiser, config.sigma)
         self.reverse = None
         if config.method == "multistep":
             from ..diffusion.reverse import ReverseProcess  # only multistep needs it
 
             self.reverse = ReverseProcess(denoiser, config.sigma, config.reverse_steps)
         self._fixed: dict[tuple, torch.Tensor] = {}
-        self.cuda_graphs = cuda_graphs
-        self.channels_last, self.autocast = channels_last, autocast
-        if channels_last:
-            for net in (classifier, denoiser):
-                if net is not None:
-                    net.to(memory_format=torch.channels_last)
-        pool = GraphPool()  # the two networks run one after the other on one stream: one pool (graphs.py)
-        self._graphed_denoise = GraphedFunction(self._unet_eps if self.fused else self._denoise, name="denoiser",
-                                                pool=pool)
-        self._graphed_classify = GraphedFunction(self._net_logits if self.fused else self._classify_eager,
-                                                 name="classifier", pool=pool)
+
+    @property
+    def smoothing_sigma(self) -> float:
+        """The sigma of the smoothing noise this method expects (it picks the diffusion step t*)."""
+        return self.config.sigma
+
+    @property
+    def copies(self) -> int:
+        """Classifier inputs per noisy sample: m with local smoothing, K reverse runs for multistep, else 1."""
+        cfg = self.config
+        return cfg.m if cfg.uses_local_noise else cfg.reverse_runs if cfg.method == "multistep" else 1
 
     def forward(self, x_noisy: torch.Tensor, positions: SamplePositions | None = None) -> torch.Tensor:
         """Scores [B, K] (float32) of x_noisy [B, C, H, W]; ``positions`` says where the batch sits in the run."""
@@ -207,91 +229,27 @@ class PurifiedClassifier(nn.Module):
         with torch.no_grad():
             if cfg.method == "multistep":
                 return self._multistep(x_noisy, positions)
-            if self.fused:
-                return self._fused(x_noisy, positions)
-            x = self._run(self._graphed_denoise, x_noisy) if cfg.uses_denoiser else x_noisy
-            if not cfg.uses_local_noise:
-                return self._classify(x)
-            b, m = x.shape[0], cfg.m
-            copies = x.unsqueeze(1) + cfg.effective_local_sigma * self._local_noise(x, positions)  # [B, m, C, H, W]
-            logits = self._classify(copies.flatten(0, 1))  # one classifier call on B*m inputs
-            return torch.softmax(logits, dim=-1).view(b, m, -1).mean(dim=1)
+            logits = self.networks.classify(self.classifier_inputs(x_noisy, positions))
+            return self.scores(logits, x_noisy.shape[0])
 
-    def _fused(self, x_noisy: torch.Tensor, positions: SamplePositions | None) -> torch.Tensor:
-        """diffsmooth / dds with the denoise, local noise and input normalisation in one kernel."""
-        cfg, den = self.config, self.denoiser
-        c = den.coefficients(cfg.sigma)
-        x_t = noisy_to_model_input(x_noisy, c.sqrt_alpha_bar)  # as Denoiser.forward
-        eps = self._run(self._graphed_denoise, x_t)
-        m = cfg.m if cfg.uses_local_noise else 1
-        sigma = cfg.effective_local_sigma
-        noise: dict[str, object] = {}
-        if sigma > 0 and cfg.local_noise == "fresh":
-            numel = math.prod(x_noisy.shape[1:])  # the positions _local_noise draws
-            noise = {"seed": positions.seed, "offset": positions.first * m * numel,
-                     "stream": classifier_stream(positions.idx, positions.phase, KIND_LOCAL)}
-        elif sigma > 0:
-            noise = {"local_noise": self._local_noise(x_noisy, positions).float()}
-        norm = self.classifier.normalization
-        inputs = denoise_replicate(x_t, eps, c.sqrt_recip_alpha_bar, c.sqrt_recipm1_alpha_bar, m, sigma,
-                                   mean=norm.mean, std=norm.std, dtype=self.dtype, channels_last=self.channels_last,
-                                   backend=self._backend(x_noisy), **noise)
-        logits = self._run(self._graphed_classify, inputs)
+    def classifier_inputs(self, x_noisy: torch.Tensor, positions: SamplePositions | None) -> torch.Tensor:
+        """The classifier's inputs [B * copies, C, H, W] in pixels: purified (or not), then locally noised (or
+        not); row b*m + j is copy j of sample b. Not for multistep (its runs are voted, not averaged)."""
+        cfg = self.config
+        x = self.networks.denoise(x_noisy) if cfg.uses_denoiser else x_noisy
         if not cfg.uses_local_noise:
+            return x
+        copies = x.unsqueeze(1) + cfg.effective_local_sigma * self.local_noise(x, positions)  # [B, m, C, H, W]
+        return copies.flatten(0, 1)  # one classifier call on B*m inputs
+
+    def scores(self, logits: torch.Tensor, b: int) -> torch.Tensor:
+        """Scores [B, K] from the logits [B * copies, K] of :meth:`classifier_inputs`: the mean softmax over the m
+        local copies, or the logits themselves."""
+        if not self.config.uses_local_noise:
             return logits
-        return torch.softmax(logits, dim=-1).view(x_noisy.shape[0], m, -1).mean(dim=1)
+        return torch.softmax(logits, dim=-1).view(b, self.config.m, -1).mean(dim=1)
 
-    def _run(self, graphed: GraphedFunction, x: torch.Tensor) -> torch.Tensor:
-        return graphed(x) if self.cuda_graphs else graphed.fn(x)
-
-    # The graphed functions: each a pure function of its input tensor (sigma, t* and the weights are fixed).
-    def _denoise(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        with self._precision(x_noisy):
-            return self.denoiser(self._layout(x_noisy), self.config.sigma)
-
-    def _unet_eps(self, x_t: torch.Tensor) -> torch.Tensor:
-        with self._precision(x_t):
-            return self.denoiser.model_output(self._layout(x_t), self.denoiser.coefficients(self.config.sigma).t)
-
-    def _classify_eager(self, x: torch.Tensor) -> torch.Tensor:
-        with self._precision(x):
-            return self.classifier(self._layout(x.to(self.dtype))).float()
-
-    def _net_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        with self._precision(inputs):
-            return self.classifier.net(self._layout(inputs)).float()
-
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        """x in the networks' memory format (a no-op when it already is, e.g. denoise_replicate's output)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-    def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        # No weight-cast cache: it lives for one autocast context anyway, and CUDA graph capture requires it off.
-        return torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False)
-
-    def compile_networks(self, **options: object) -> PurifiedClassifier:
-        """Compile the UNet and the classifier network with ``torch.compile(**options)`` (e.g. ``mode=``,
-        ``backend=``); the first call of each batch shape then compiles (minutes for a full-size UNet). Compatible
-        with ``cuda_graphs`` as long as ``options`` do not ask torch.compile for CUDA graphs of its own
-        (``mode="reduce-overhead"``). Returns self."""
-        options.setdefault("dynamic", False)  # certification sees two or three batch shapes: specialise on each
-        if self.denoiser is not None:
-            # Inductor writes its own fused norm kernels, and tracing through the Triton op's Python dispatch
-            # would only add graph breaks: compiled UNets run the unfused modules.
-            if any(getattr(m, "fused_backend", None) is not None for m in self.denoiser.unet.modules()):
-                log.info("torch.compile: the UNet's fused norms are switched off (inductor fuses them itself)")
-                self.denoiser.unet.fuse_group_norms(None)
-            self.denoiser.unet.forward = torch.compile(self.denoiser.unet.forward, **options)
-        net = self.classifier.net if isinstance(self.classifier, NormalizedClassifier) else self.classifier
-        net.forward = torch.compile(net.forward, **options)
-        return self
-
-    def _classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(self._graphed_classify, x)
-
-    def _local_noise(self, x: torch.Tensor, positions: SamplePositions | None) -> torch.Tensor:
+    def local_noise(self, x: torch.Tensor, positions: SamplePositions | None) -> torch.Tensor:
         """[m, C, H, W] (fixed, broadcast over the batch) or [B, m, C, H, W] (fresh) standard normal noise."""
         cfg, shape = self.config, tuple(x.shape[1:])
         if cfg.local_noise != "fresh":
@@ -301,24 +259,36 @@ class PurifiedClassifier(nn.Module):
                     gen = torch.Generator().manual_seed(REFERENCE_LOCAL_SEED)
                     noise = torch.randn((cfg.m, *shape), generator=gen)
                 else:
-                    stream = classifier_stream(2**32 - 1, 0, KIND_FIXED)  # no image's: shared by all
-                    noise = gaussian_noise((cfg.m, *shape), self.seed, 0, stream=stream, backend=self._backend(x),
+                    stream = classifier_stream(FIXED_NOISE_IMAGE, 0, KIND_FIXED)  # no image's: shared by all
+                    noise = gaussian_noise((cfg.m, *shape), self.seed, 0, stream=stream, backend=self.backend_for(x),
                                            device=x.device)
                 self._fixed[key] = noise.to(device=x.device, dtype=x.dtype)
             return self._fixed[key]
-        numel = math.prod(shape)
-        return gaussian_noise((x.shape[0], cfg.m, *shape), positions.seed, positions.first * cfg.m * numel,
-                              stream=classifier_stream(positions.idx, positions.phase, KIND_LOCAL),
-                              backend=self._backend(x), device=x.device).to(x.dtype)
+        return gaussian_noise((x.shape[0], cfg.m, *shape), positions.seed, positions.offset(math.prod(shape), cfg.m),
+                              stream=self.local_stream(positions), backend=self.backend_for(x),
+                              device=x.device).to(x.dtype)
+
+    @staticmethod
+    def local_stream(positions: SamplePositions) -> int:
+        """The stream of the fresh local noise of these samples."""
+        return classifier_stream(positions.idx, positions.phase, KIND_LOCAL)
 
     def _multistep(self, x_noisy: torch.Tensor, positions: SamplePositions) -> torch.Tensor:
         b, k = x_noisy.shape[0], self.config.reverse_runs
         runs = x_noisy.repeat_interleave(k, dim=0)  # [B*K, C, H, W], run r of sample j at row j*K + r
-        x = self.reverse(runs, positions, k, self._backend(x_noisy))
-        logits = self._classify(x).view(b, k, -1)
+        x = self.reverse(runs, positions, k, self.backend_for(x_noisy))
+        logits = self.networks.classify(x).view(b, k, -1)
         votes = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).sum(1).float()  # [B, K classes]
         # argmax hides NaN; carry it into the scores so Smooth's check sees it (on the device: no sync here).
         return votes.masked_fill(~torch.isfinite(logits).all(-1).all(-1, keepdim=True), float("nan"))
 
-    def _backend(self, x: torch.Tensor) -> str:
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The noise backend for tensors on x's device."""
         return resolve_backend(self.backend, x.device.type)
+
+
+def folds_into_denoise_kernel(config: MethodConfig, classifier: nn.Module, denoiser: Denoiser | None) -> bool:
+    """Whether ``denoise_replicate`` can go from the UNet's output to the classifier network's inputs in one pass:
+    a one-shot denoise from predicted noise, and a classifier whose normalisation is a known first layer."""
+    return (config.method in ("diffsmooth", "dds") and isinstance(classifier, NormalizedClassifier)
+            and denoiser is not None and not denoiser.flags.predict_xstart)

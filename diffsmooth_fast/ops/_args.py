@@ -1,13 +1,17 @@
-"""Argument checks shared by the fused ops' Python entries: one-line messages that say what to fix."""
+"""Argument checks shared by the fused ops' Python entries: one-line messages that say what to fix.
+
+``check_float`` and ``check_int`` are the package's own (``diffsmooth_fast.checks``), so the ops word their
+errors as the rest of the package does.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from .noise import _as_int64, _check_u64
+from ..checks import check_float, check_int
+from .noise import _as_int64
 
 # The dtypes every backend writes (and reads) directly; the kernels compute in float32 in between.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -16,20 +20,6 @@ __all__ = ["KERNEL_DTYPES", "as_channel_vector", "as_int64", "check_counter", "c
            "check_int"]
 
 as_int64 = _as_int64
-
-
-def check_float(name: str, value: object, *, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,8 +32,8 @@ def check_counter(seed: int | None, offset: int, stream: int, count: int, what: 
     """Checks the Philox key and the positions offset .. offset+count-1 that ``what`` will draw from."""
     if seed is None:
         raise ValueError(f"{what}: pass seed= (and offset=, stream=) to draw the noise, or the noise itself")
-    _check_u64("seed", seed)
-    _check_u64("stream", stream)
+    check_int("seed", seed, 0, below=2**64)
+    check_int("stream", stream, 0, below=2**64)
     check_int("offset", offset, 0)
     if offset + count >= 2**63:
         raise ValueError(f"offset + noise count must stay below 2**63, got {offset} + {count}")

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..checks import check_int
 from .dispatch import resolve_backend
 from .reference import gaussian_noise_ref
 
@@ -22,14 +23,6 @@ _U64 = 2**64
 def _as_int64(value: int) -> int:
     """Two's-complement view of an unsigned 64-bit value, as torch op schemas carry it."""
     return value - _U64 if value >= 2**63 else value
-
-
-def _check_u64(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {type(value).__name__}")
-    if not 0 <= value < _U64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
 
 
 def gaussian_noise(
@@ -59,10 +52,9 @@ def gaussian_noise(
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"shape must not have negative sizes, got {shape}")
-    _check_u64("seed", seed)
-    _check_u64("stream", stream)
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+    check_int("seed", seed, 0, below=_U64)
+    check_int("stream", stream, 0, below=_U64)
+    check_int("offset", offset, 0)
     numel = math.prod(shape)
     if offset + numel >= 2**63:
         raise ValueError(f"offset + numel must stay below 2**63, got {offset} + {numel}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..smoothing import stats
-from . import tsv as io
+from . import tsv
 
 # The paper's tables: Table 1 (CIFAR-10) at 0, 0.25, ..., 2.25; Table 2 (ImageNet) at 0, 0.5, ..., 3.0.
 PAPER_RADII = {
@@ -58,12 +58,12 @@ def parse_radii(text: str) -> tuple[float, ...]:
 
 def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
     """The summary of one certify or predict file (told apart by the header)."""
-    header = io.read_header(path)
-    if header == io.PREDICT_HEADER:
-        rows = io.read_predict(path, torn_tail=True)
+    header = tsv.read_header(path)
+    if header == tsv.PREDICT_HEADER:
+        rows = tsv.read_predict(path, torn_tail=True)
         predict = [r.predict for r in rows]
         return _common(path, "predict", rows, predict)
-    rows = io.read_certify(path, torn_tail=True)  # raises on anything that is not a certify file
+    rows = tsv.read_certify(path, torn_tail=True)  # raises on anything that is not a certify file
     summary = _common(path, "certify", rows, [r.predict for r in rows])
     if not rows:
         return summary
@@ -187,7 +187,7 @@ def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> None:
     for summary, path, label in zip(summaries, paths, labels):
         if summary.kind != "certify" or summary.n == 0:
             continue
-        rows = io.read_certify(path, torn_tail=True)
+        rows = tsv.read_certify(path, torn_tail=True)
         radius, correct = [r.radius for r in rows], [r.correct for r in rows]
         grid = np.linspace(0.0, max(max(radius), 0.01) * 1.02, 400)
         ax.plot(grid, stats.certified_accuracy(radius, correct, grid), label=label)

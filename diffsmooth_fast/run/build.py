@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,11 +17,13 @@ from ..data import digits, load_dataset
 from ..data.toy import make_toy
 from ..diffusion.denoiser import Denoiser
 from ..engine.batching import MEMORY_FRACTION, auto_batch, probe_call
-from ..engine.method import MethodConfig, PurifiedClassifier
+from ..engine.counting import CountingPath
+from ..engine.method import PurifiedClassifier
+from ..engine.options import BATCH_AUTO, assemble
 from ..models.classifiers import load_classifier
 from ..ops import resolve_backend
 from ..smoothing.certify import Smooth
-from .configs import BATCH_AUTO, DTYPES, DataConfig, ModelConfig, SamplingConfig, check_combination, resolve_models
+from .configs import RunSettings
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -57,63 +59,49 @@ class _ToyImages:
         return self.images[index], int(self.labels[index])
 
 
-def build_job(data: DataConfig, models: ModelConfig, method: MethodConfig, sampling: SamplingConfig) -> Job:
-    """Load the dataset and models, assemble ``method``'s base classifier, probe it on the first image.
+def build_job(settings: RunSettings) -> Job:
+    """Load the dataset and models, assemble the method's base classifier, probe it on the first image.
 
     Raises:
         ValueError: any problem with the files, the settings, or the models' outputs (one line each).
     """
-    device = sampling.torch_device()
-    backend = resolve_backend(sampling.backend, device.type)
-    dtype = DTYPES[models.dtype]
-    weights = torch.float32 if models.autocast else dtype  # with autocast the weights stay float32
+    data, models, method, sampling, engine = (settings.data, settings.models, settings.method, settings.sampling,
+                                              settings.engine)
+    device = engine.torch_device()
     exact = None
-    models = resolve_models(data, models, method)
-    check_combination(data, models, method)
     if data.dataset == "toy":
         toy = make_toy()
         images: Sequence = _ToyImages(toy.images, toy.labels)
         classifier: nn.Module = toy.model
         exact = toy.exact_radius
+        engine = replace(engine, dtype="float32", autocast=False)  # its linear model always runs in float32
     else:
         images = digits.test_set() if data.dataset == "demo" else load_dataset(data.dataset, data.path, data.split)
         stats = data.dataset if data.dataset in ("cifar10", "imagenet") else None
         classifier = load_classifier(models.classifier, stats, models.normalization,
                                      trust_checkpoint=models.trust_checkpoint)
-    classifier = classifier.to(device=device, dtype=weights if data.dataset != "toy" else torch.float32).eval()
+    classifier = classifier.to(device=device, dtype=engine.weights_dtype).eval()
     denoiser = None
     if method.uses_denoiser:
-        flags = models.flags(data.dataset)
-        denoiser = Denoiser.from_flags(flags, models.denoiser, dtype=weights, device=device,
-                                       trust_checkpoint=models.trust_checkpoint)
-        if sampling.fuse_norms:
-            if device.type != "cuda":
-                log.info("--fuse-norms: no fused kernel on %s; the plain-PyTorch reference runs instead", device.type)
-            denoiser.unet.fuse_group_norms(backend)
-    is_toy = data.dataset == "toy"  # its linear model always runs in float32
-    base = PurifiedClassifier(method, classifier, denoiser, seed=sampling.seed, backend=backend,
-                              dtype=weights if not is_toy else torch.float32, fused=sampling.fused,
-                              channels_last=sampling.channels_last,
-                              autocast=dtype if models.autocast and not is_toy else None)
+        denoiser = Denoiser.from_flags(models.flags(data.dataset), models.denoiser, dtype=engine.weights_dtype,
+                                       device=device, trust_checkpoint=models.trust_checkpoint)
+    base = assemble(method, classifier, denoiser, engine, seed=sampling.seed)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
     first = indices[0] if indices else 0
+    backend = resolve_backend(engine.backend, device.type)
     num_classes = _probe(base, images, first, method.sigma, sampling.seed, backend, device)
-    batch = sampling.batch
+    batch = engine.batch
     if batch == BATCH_AUTO:  # sized eagerly, before any graph holds memory
-        fraction = GRAPHS_MEMORY_FRACTION if sampling.cuda_graphs and device.type == "cuda" else MEMORY_FRACTION
+        fraction = GRAPHS_MEMORY_FRACTION if engine.cuda_graphs and device.type == "cuda" else MEMORY_FRACTION
         batch = auto_batch(base, images[first][0], method.sigma, max_batch=max(sampling.n0, sampling.n),
                            device=device, fraction=fraction, backend=backend)
-    if sampling.compile:  # after the probes, so that their batch shape is not compiled for nothing
-        base.compile_networks()
-    if sampling.cuda_graphs and device.type != "cuda":
-        log.info("--cuda-graphs: ignored on %s (CUDA graphs need a CUDA device)", device.type)
-    base.cuda_graphs = sampling.cuda_graphs and device.type == "cuda"  # after the probes: no graph for their shapes
-    smooth = Smooth(base, num_classes, method.sigma, seed=sampling.seed, backend=backend)
+    base.networks.start()  # after the probes: no graph captured, nothing compiled, for their batch shapes
+    smooth = Smooth(base, num_classes, seed=sampling.seed, backend=backend)
     return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
 
 
-def _probe(base: PurifiedClassifier, images: Sequence, idx: int, sigma: float, seed: int, backend: str,
+def _probe(base: PurifiedClassifier | CountingPath, images: Sequence, idx: int, sigma: float, seed: int, backend: str,
            device: torch.device) -> int:
     """Run the base classifier on two noisy copies of image ``idx``: the number of classes, or a one-line error."""
     if len(images) == 0:

@@ -18,21 +18,26 @@ from dataclasses import fields
 from ..bench import command as bench
 from ..diffusion.openai_flags import PRESETS, OpenAIFlags
 from ..engine.method import LOCAL_NOISE, METHODS, MethodConfig
+from ..engine.options import DTYPES, EngineOptions, parse_batch
 from . import analyze, errors, runner
 from .configs import (
     ALL_DATASETS,
-    DTYPES,
     DataConfig,
     DistConfig,
     ModelConfig,
     OutputConfig,
+    RunSettings,
     SamplingConfig,
     default_n,
     default_skip,
-    parse_batch,
-    resolve_models,
+    resolve,
 )
 from .distributed import RankFailure
+
+
+def _default(cls: type, name: str) -> object:
+    """A settings dataclass's default for one field: the command line's defaults are the library's."""
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 class _UsageError(ValueError):
@@ -74,53 +79,55 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                       "and their trained models, when no model or data is given); toy: a linear problem with exact "
                       "radii")
     data.add_argument("--data", help="dataset path: CIFAR-10 folder or .tar.gz, ImageNet root, image folder, .npz")
-    data.add_argument("--split", choices=["test", "train"], default="test", help="dataset split")
+    data.add_argument("--split", choices=["test", "train"], default=_default(DataConfig, "split"), help="dataset split")
     data.add_argument("--skip", type=int, help="use every skip-th image (default 1; 5 on the demo; the paper: 20 "
                       "CIFAR, 100 ImageNet)")
-    data.add_argument("--max", type=int, default=-1, help="stop after this many images (-1: all)")
+    data.add_argument("--max", type=int, default=_default(DataConfig, "max"), help="stop after this many images (-1: all)")
     model = p.add_argument_group("models")
     model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser and on the demo), "
                        "dds, cohen (default otherwise), local-only, multistep")
     model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt file)")
     model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="flags of a known checkpoint "
                        "(default: the dataset's, for cifar10 and imagenet)")
-    model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default="guided",
+    model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default=_default(ModelConfig, "denoiser_defaults"),
                        help="whose defaults fill the OpenAI flags not given")
     model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint, TorchScript file or module:function")
     model.add_argument("--demo-classifier", type=float, choices=[0.0, 0.25, 0.5], metavar="NOISE",
                        help="demo: the shipped classifier trained with this Gaussian noise (0, 0.25, 0.5; default: "
                        "the one matching the noise the method's classifier sees)")
-    model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"], default="auto",
+    model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"],
+                       default=_default(ModelConfig, "normalization"),
                        help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
-    model.add_argument("--dtype", choices=list(DTYPES), default="float32", help="models' precision (weights held "
+    model.add_argument("--dtype", choices=list(DTYPES), default=_default(EngineOptions, "dtype"), help="models' precision (weights held "
                        "in it; see --autocast)")
     model.add_argument("--autocast", action="store_true", help="keep the weights in float32 and run the models "
                        "under torch.autocast in --dtype (float16 or bfloat16)")
     model.add_argument("--trust-checkpoint", action="store_true", help="allow checkpoints that run code to load")
     smooth = p.add_argument_group("smoothing")
-    smooth.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std (pixels in [0, 1])")
+    smooth.add_argument("--sigma", type=float, default=_default(MethodConfig, "sigma"), help="smoothing noise std (pixels in [0, 1])")
     smooth.add_argument("--local-sigma", type=float, help="local smoothing noise std sigma' (default: sigma)")
-    smooth.add_argument("--local-sigma-shift", type=float, default=0.0, help="added to --local-sigma (the paper: "
+    smooth.add_argument("--local-sigma-shift", type=float, default=_default(MethodConfig, "local_sigma_shift"), help="added to --local-sigma (the paper: "
                         "+0.03 CIFAR-10, +0.01 ImageNet at sigma 0.25, else +0.02)")
-    smooth.add_argument("--m", type=int, default=5, help="local noise copies per sample")
-    smooth.add_argument("--local-noise", choices=LOCAL_NOISE, default="fixed", help="fixed: m noises drawn once "
+    smooth.add_argument("--m", type=int, default=_default(MethodConfig, "m"), help="local noise copies per sample")
+    smooth.add_argument("--local-noise", choices=LOCAL_NOISE, default=_default(MethodConfig, "local_noise"), help="fixed: m noises drawn once "
                         "(Philox, --seed); fresh: new per sample; reference: the reference's "
                         "torch.manual_seed(42) draw")
-    smooth.add_argument("--reverse-steps", type=int, default=10, help="multistep: reverse steps from t* to 0")
-    smooth.add_argument("--reverse-runs", type=int, default=5, help="multistep: reverse runs voted per sample")
+    smooth.add_argument("--reverse-steps", type=int, default=_default(MethodConfig, "reverse_steps"), help="multistep: reverse steps from t* to 0")
+    smooth.add_argument("--reverse-runs", type=int, default=_default(MethodConfig, "reverse_runs"), help="multistep: reverse runs voted per sample")
     if command == "certify":
-        smooth.add_argument("--n0", type=int, default=100, help="selection samples per image")
+        smooth.add_argument("--n0", type=int, default=_default(SamplingConfig, "n0"), help="selection samples per image")
     smooth.add_argument("--n", type=int, help=("estimation samples per image" if command == "certify" else
                         "samples per image") + " (default 10000; 1000 on the demo)")
-    smooth.add_argument("--alpha", type=float, default=0.001, help="failure probability per image")
-    smooth.add_argument("--batch", type=_batch, default=1000, help="noisy samples per base-classifier call (the "
+    smooth.add_argument("--alpha", type=float, default=_default(SamplingConfig, "alpha"), help="failure probability per image")
+    smooth.add_argument("--batch", type=_batch, default=_default(EngineOptions, "batch"), help="noisy samples per base-classifier call (the "
                         "classifier sees batch*m images), or auto: the largest that fits the GPU's free memory "
                         "(1000 on a CPU)")
-    smooth.add_argument("--seed", type=int, default=0, help="noise seed; with the image index it fixes all noise")
+    smooth.add_argument("--seed", type=int, default=_default(SamplingConfig, "seed"), help="noise seed; with the image index it fixes all noise")
     run = p.add_argument_group("run")
-    run.add_argument("--backend", default="auto", help="noise backend: auto, cuda, triton, cpp, torch")
-    run.add_argument("--fused", action="store_true", help="diffsmooth, dds: denoise, local noise and the "
-                     "classifier's normalisation in one kernel (same results up to float32 rounding)")
+    run.add_argument("--backend", default=_default(EngineOptions, "backend"), help="noise backend: auto, cuda, triton, cpp, torch")
+    run.add_argument("--fused", action="store_true", help="count on the fused kernels: noisy inputs drawn "
+                     "straight into the UNet's input, denoise + local noise + the classifier's normalisation in one "
+                     "kernel, votes counted on the device (same results as the plain path in float32)")
     run.add_argument("--cuda-graphs", action="store_true", help="replay the UNet and the classifier from CUDA "
                      "graphs captured per batch shape (same results; ignored on a CPU)")
     run.add_argument("--channels-last", action="store_true", help="run both networks in channels_last memory "
@@ -129,8 +136,8 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                      "Triton kernel (GPU; on a CPU it runs the plain-PyTorch reference)")
     run.add_argument("--compile", action="store_true", help="torch.compile the UNet and the classifier (each batch "
                      "shape compiles on first use: minutes for a full-size UNet)")
-    run.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, ...")
-    run.add_argument("--out", default="-", help="output TSV path (sidecar: OUT.json), or - for stdout")
+    run.add_argument("--device", default=_default(EngineOptions, "device"), help="torch device: auto (cuda if available), cpu, cuda, ...")
+    run.add_argument("--out", default=_default(OutputConfig, "out"), help="output TSV path (sidecar: OUT.json), or - for stdout")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -138,7 +145,7 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     multi.add_argument("--split-samples", action="store_true", help="every process draws its part of each image's "
                        "samples, rank 0 writes --out (for slow models); default: each process certifies its share "
                        "of the images into a part file, merged at the end")
-    multi.add_argument("--dist-timeout", type=float, default=30.0, metavar="MINUTES", help="how long a process "
+    multi.add_argument("--dist-timeout", type=float, default=_default(DistConfig, "timeout_minutes"), metavar="MINUTES", help="how long a process "
                        "waits for the others to start, and at each exchange of counts with --split-samples")
     names = [f.name for f in fields(OpenAIFlags) if f.name != "defaults"]
     openai = p.add_argument_group("OpenAI diffusion flags", "As OpenAI's scripts spell them (paste MODEL_FLAGS as they "
@@ -167,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodConfig, SamplingConfig, OutputConfig]:
+def _settings(args: argparse.Namespace) -> RunSettings:
+    """The run's settings from the parsed options: the dataset's and method's defaults, then :func:`resolve`."""
     has_models = args.classifier is not None or args.denoiser is not None or args.data is not None
     dataset = args.dataset or ("demo" if not has_models else None)
     if dataset is None:
@@ -177,17 +185,21 @@ def _configs(args: argparse.Namespace) -> tuple[DataConfig, ModelConfig, MethodC
                   if f.name != "defaults" and getattr(args, f"flag_{f.name}") is not None)
     method = args.method or ("diffsmooth" if args.denoiser is not None or dataset == "demo" else "cohen")
     skip = default_skip(dataset) if args.skip is None else args.skip
-    data = DataConfig(dataset, args.data, args.split, skip, args.max)
-    models = ModelConfig(args.denoiser, args.denoiser_preset, args.denoiser_defaults, flags, args.classifier,
-                         args.normalization, args.dtype, args.trust_checkpoint, args.autocast)
-    smoothing = MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
-                             args.reverse_steps, args.reverse_runs)
-    models = resolve_models(data, models, smoothing, args.demo_classifier)
     n = default_n(dataset) if args.n is None else args.n
-    sampling = SamplingConfig(getattr(args, "n0", 100), n, args.alpha, args.batch, args.seed, args.backend,
-                              args.device, args.fused, args.cuda_graphs, args.channels_last, args.fuse_norms,
-                              args.compile)
-    return data, models, smoothing, sampling, OutputConfig(args.out, args.resume, args.overwrite, args.quiet)
+    return resolve(
+        args.command,
+        DataConfig(dataset, args.data, args.split, skip, args.max),
+        ModelConfig(args.denoiser, args.denoiser_preset, args.denoiser_defaults, flags, args.classifier,
+                    args.normalization, args.trust_checkpoint),
+        MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
+                     args.reverse_steps, args.reverse_runs),
+        SamplingConfig(getattr(args, "n0", _default(SamplingConfig, "n0")), n, args.alpha, args.seed),
+        EngineOptions(args.dtype, args.autocast, args.fused, args.fuse_norms, args.channels_last, args.cuda_graphs,
+                      args.compile, args.backend, args.batch, args.device),
+        OutputConfig(args.out, args.resume, args.overwrite, args.quiet),
+        DistConfig(args.split_samples, args.dist_timeout),
+        classifier_noise=args.demo_classifier,
+    )
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -218,8 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "analyze":
             return _analyze(args)
         options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
-        return runner.run(args.command, *_configs(args), argv=argv, options=options,
-                          distribution=DistConfig(args.split_samples, args.dist_timeout))
+        return runner.run(_settings(args), argv=argv, options=options)
     except errors.Reported as exc:  # printed already (by every process of a torchrun run, see errors.py)
         return exc.status
     except (ValueError, OSError) as exc:

@@ -1,8 +1,11 @@
 """The settings of a certify or predict run, as frozen dataclasses the command line maps onto.
 
-``MethodConfig`` (what the base classifier does) lives in :mod:`diffsmooth_fast.engine.method`; here are the data,
-the models, the sampling and the output. :func:`result_settings` is the subset that decides the numbers in the
-output file: a resumed run must match it exactly (see :mod:`diffsmooth_fast.run.resume`).
+``MethodConfig`` (what the base classifier does) lives in :mod:`diffsmooth_fast.engine.method` and
+``EngineOptions`` (how fast it runs) in :mod:`diffsmooth_fast.engine.options`; here are the data, the models,
+the sampling, the output and the torchrun settings, and :func:`resolve`, which turns them into one checked
+:class:`RunSettings` (the demo's models filled in, combinations checked) exactly once per run.
+:meth:`RunSettings.result_settings` is the subset that decides the numbers in the output file: a resumed run
+must match it exactly (see :mod:`diffsmooth_fast.run.resume`).
 """
 
 from __future__ import annotations
@@ -11,15 +14,13 @@ import math
 import os
 from dataclasses import dataclass, replace
 
-import torch
-
 from ..data import DATASETS
 from ..diffusion.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
 from ..engine.method import MethodConfig
+from ..engine.options import EngineOptions
 from ..models import shipped
 from ..models.classifiers import NORMALIZATIONS
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ALL_DATASETS = ("demo", "toy", *DATASETS)
 BUILT_IN = ("demo", "toy")  # datasets that ship with the package (no --data)
 
@@ -61,8 +62,7 @@ class ModelConfig:
     """The checkpoints: an OpenAI diffusion model (``denoiser``, with a preset or OpenAI flags) and a classifier.
 
     ``denoiser_flags`` are (OpenAI name, value) pairs; with a preset they override it. Without either, a
-    cifar10/imagenet dataset implies its preset. ``dtype`` is the models' precision: their weights are held in it,
-    or, with ``autocast``, kept in float32 and the forward passes run under ``torch.autocast`` in ``dtype``.
+    cifar10/imagenet dataset implies its preset. (Their precision is an engine option: ``EngineOptions.dtype``.)
     """
 
     denoiser: str | None = None
@@ -71,15 +71,9 @@ class ModelConfig:
     denoiser_flags: tuple[tuple[str, object], ...] = ()
     classifier: str | None = None
     normalization: str = "auto"
-    dtype: str = "float32"
     trust_checkpoint: bool = False
-    autocast: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.autocast and self.dtype == "float32":
-            raise ValueError("--autocast runs the models in --dtype float16 or bfloat16; give one of them")
         if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--normalization must be auto or one of {', '.join(NORMALIZATIONS)}")
         if self.denoiser is None and (self.denoiser_preset or self.denoiser_flags):
@@ -103,64 +97,23 @@ class ModelConfig:
         return openai_flags(self.denoiser_defaults, **given)
 
 
-BATCH_AUTO = "auto"  # --batch auto: the largest batch that fits the GPU (batching.auto_batch)
-
-
-def parse_batch(text: str) -> int | str:
-    """``--batch``'s value: an integer >= 1, or ``auto``."""
-    value = text.strip().lower()
-    if value == BATCH_AUTO:
-        return BATCH_AUTO
-    try:
-        batch = int(value)
-    except ValueError:
-        raise ValueError(f"--batch must be an integer >= 1 or auto, got {text!r}") from None
-    if batch < 1:
-        raise ValueError(f"--batch must be an integer >= 1 or auto, got {text!r}")
-    return batch
-
-
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha,
-    ``batch`` noisy samples per base-classifier call (or ``"auto"``: the largest that fits the GPU), the noise
-    ``seed``, noise ``backend`` and ``device``, whether to run the fused denoise kernel (``fused``) and whether to
-    replay the networks from CUDA graphs (``cuda_graphs``; ignored off CUDA)."""
+    """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha and
+    the noise ``seed`` (with an image's index it fixes all of the image's noise)."""
 
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch: int | str = 1000
     seed: int = 0
-    backend: str = "auto"
-    device: str = "auto"
-    fused: bool = False  # diffsmooth/dds: denoise + local noise + normalisation in one kernel (PurifiedClassifier)
-    cuda_graphs: bool = False  # the UNet and classifier replayed from CUDA graphs per batch shape (graphs.py)
-    channels_last: bool = False  # both networks in NHWC memory format (PurifiedClassifier)
-    fuse_norms: bool = False  # the UNet's GroupNorm + scale-shift + SiLU as one kernel (UNet.fuse_group_norms)
-    compile: bool = False  # torch.compile the UNet and the classifier network (PurifiedClassifier.compile_networks)
 
     def __post_init__(self) -> None:
         _int("--n0", self.n0, 1)
         _int("--n", self.n, 1)
-        if self.batch != BATCH_AUTO and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
-                                         or self.batch < 1):
-            raise ValueError(f"--batch must be an integer >= 1 or auto, got {self.batch!r}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0 or not math.isfinite(self.alpha):
             raise ValueError(f"--alpha must be in (0, 1), got {self.alpha!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise ValueError(f"--seed must be an integer in [0, 2**64), got {self.seed!r}")
-
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"--device {self.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: this torch has no CUDA device; use --device cpu")
-        return device
 
 
 @dataclass(frozen=True)
@@ -256,29 +209,61 @@ def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfi
         raise ValueError(f"--method {method.method} uses no diffusion model: drop --denoiser")
 
 
-def result_settings(command: str, data: DataConfig, models: ModelConfig, method: MethodConfig,
-                    sampling: SamplingConfig) -> dict[str, object]:
-    """What decides the rows of the output: a resumed run must match every entry.
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one certify or predict run was asked to do, resolved and checked (make it with :func:`resolve`)."""
 
-    Left out on purpose, because results do not depend on them: --batch (noise is drawn by position), --max (a
-    resume may extend or shorten the run), --device and --backend (the noise is the same integers everywhere),
-    --out, --quiet, --resume, --overwrite. Checkpoints are compared by absolute path and size.
+    command: str
+    data: DataConfig
+    models: ModelConfig
+    method: MethodConfig
+    sampling: SamplingConfig
+    engine: EngineOptions
+    output: OutputConfig = OutputConfig()
+    distribution: DistConfig = DistConfig()
+
+    def result_settings(self) -> dict[str, object]:
+        """What decides the rows of the output: a resumed run must match every entry.
+
+        Left out on purpose, because results do not depend on them: --batch (noise is drawn by position), --max (a
+        resume may extend or shorten the run), --device and --backend (the noise is the same integers
+        everywhere), the speed options but precision, --out, --quiet, --resume, --overwrite. Checkpoints are
+        compared by absolute path and size.
+        """
+        data, models, method, sampling = self.data, self.models, self.method, self.sampling
+        settings: dict[str, object] = {"command": self.command, "dataset": data.dataset, "data": _abs(data.path),
+                                       "split": data.split, "skip": data.skip, **method.settings()}
+        if self.command == "certify":
+            settings["n0"] = sampling.n0
+        settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, **self.engine.result_settings())
+        if method.uses_denoiser:
+            flags = models.flags(data.dataset)
+            settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),
+                                    "flags": {**flags.to_dict(), "defaults": flags.defaults}}
+        if data.dataset != "toy":
+            settings["classifier"] = {"path": _abs(models.classifier), "bytes": _size(models.classifier),
+                                      "normalization": models.normalization}
+        return settings
+
+
+def resolve(command: str, data: DataConfig, models: ModelConfig, method: MethodConfig, sampling: SamplingConfig,
+            engine: EngineOptions, output: OutputConfig | None = None, distribution: DistConfig | None = None, *,
+            classifier_noise: float | None = None) -> RunSettings:
+    """The run's settings, checked once: the demo's shipped checkpoints where none is given (``classifier_noise``
+    picks the demo's classifier), and every combination that cannot work refused.
+
+    Raises:
+        ValueError: one line naming the setting to change.
     """
-    settings: dict[str, object] = {"command": command, "dataset": data.dataset, "data": _abs(data.path),
-                                   "split": data.split, "skip": data.skip, **method.settings()}
-    if command == "certify":
-        settings["n0"] = sampling.n0
-    settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, dtype=models.dtype)
-    if models.autocast:  # only when set, so that files written before the option existed still resume
-        settings["autocast"] = True
-    if method.uses_denoiser:
-        flags = models.flags(data.dataset)
-        settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),
-                                "flags": {**flags.to_dict(), "defaults": flags.defaults}}
-    if data.dataset != "toy":
-        settings["classifier"] = {"path": _abs(models.classifier), "bytes": _size(models.classifier),
-                                  "normalization": models.normalization}
-    return settings
+    if command not in ("certify", "predict"):
+        raise ValueError(f"unknown command {command!r}")
+    if command == "certify" and sampling.n < sampling.n0:
+        raise ValueError(f"--n {sampling.n} is below --n0 {sampling.n0}: n estimation samples bound the "
+                         f"probability, n0 only select the class (swapped?)")
+    models = resolve_models(data, models, method, classifier_noise)
+    check_combination(data, models, method)
+    return RunSettings(command, data, models, method, sampling, engine, output or OutputConfig(),
+                       distribution or DistConfig())
 
 
 def _abs(path: str | None) -> str | None:

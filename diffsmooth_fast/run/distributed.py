@@ -41,6 +41,7 @@ import torch.distributed as dist
 
 from . import errors, resume
 from . import tsv as io
+from .atomic import write_atomically
 
 MODES = ("images", "samples")
 TEST_DIE_ENV = "DIFFSMOOTH_TEST_DIE_AFTER"
@@ -372,12 +373,7 @@ def merge_parts(out: str, header: tuple[str, ...], world_size: int, indices: Seq
     merged = [rows[idx] for idx in sorted(rows)]
     resume.write_sidecar(out, {"format": resume.SIDECAR_FORMAT, "settings": settings, "runs": runs})
     fmt = io.format_certify_row if certify else io.format_predict_row
-    tmp = f"{out}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in ["\t".join(header), *(fmt(row) for row in merged)]))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_atomically(out, "".join(line + "\n" for line in ["\t".join(header), *(fmt(row) for row in merged)]))
     for part in parts:
         _remove(part)
         _remove(resume.sidecar_path(part))

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TextIO
 
+from .atomic import atomic_write, write_atomically
+
 SIDECAR_FORMAT = "diffsmooth-fast sidecar 1"
 
 
@@ -115,14 +117,9 @@ def repair(out: str, header: tuple[str, ...]) -> None:
 
 def write_sidecar(out: str, record: Mapping[str, object]) -> None:
     """Write ``out``'s sidecar atomically (a temporary file, fsync, then ``os.replace``)."""
-    path = sidecar_path(out)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(sidecar_path(out)) as f:
         json.dump(_jsonable(record), f, indent=2)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_sidecar(out: str) -> dict:
@@ -152,12 +149,7 @@ def open_output(out: str, header: tuple[str, ...], settings: Mapping[str, object
     if resume and os.path.exists(out):
         repair(out, header)
     else:
-        tmp = f"{out}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\t".join(header) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        write_atomically(out, "\t".join(header) + "\n")
     runs = list(record.get("runs", [])) if same_settings(record, settings) else []
     write_sidecar(out, {"format": SIDECAR_FORMAT, "settings": settings, "runs": [*runs, session]})
     with open(out, "a", encoding="utf-8") as stream:

@@ -25,23 +25,12 @@ import scipy
 import torch
 
 from .._version import __version__
-from ..engine.method import MethodConfig
+from ..engine.options import BATCH_AUTO
 from ..smoothing import stats
 from ..smoothing.certify import SampleShard
-from . import distributed, resume
-from . import tsv as io
+from . import distributed, resume, tsv
 from .build import Job, build_job
-from .configs import (
-    BATCH_AUTO,
-    DataConfig,
-    DistConfig,
-    ModelConfig,
-    OutputConfig,
-    SamplingConfig,
-    check_combination,
-    resolve_models,
-    result_settings,
-)
+from .configs import RunSettings, SamplingConfig
 from .progress import Progress
 
 SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -49,64 +38,58 @@ SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class _Plan:
-    """Everything one run was asked to do."""
+    """Everything one run was asked to do: its settings, and how it was called (for the sidecar)."""
 
-    command: str
-    data: DataConfig
-    models: ModelConfig
-    method: MethodConfig
-    sampling: SamplingConfig
-    output: OutputConfig
+    settings: RunSettings
     argv: Sequence[str]
     options: Mapping[str, object]
 
     @property
-    def header(self) -> tuple[str, ...]:
-        return io.CERTIFY_HEADER if self.command == "certify" else io.PREDICT_HEADER
+    def command(self) -> str:
+        return self.settings.command
 
-    def settings(self) -> dict[str, object]:
-        return result_settings(self.command, self.data, self.models, self.method, self.sampling)
+    @property
+    def output(self):  # noqa: ANN201 (an OutputConfig)
+        return self.settings.output
+
+    @property
+    def header(self) -> tuple[str, ...]:
+        return tsv.CERTIFY_HEADER if self.command == "certify" else tsv.PREDICT_HEADER
+
+    def result_settings(self) -> dict[str, object]:
+        return self.settings.result_settings()
 
     def build(self) -> Job:
-        return build_job(self.data, self.models, self.method, self.sampling)
+        return build_job(self.settings)
 
     def read(self, path: str) -> list:
         """The rows of an output file; a torn last line (a kill mid-write) is left out."""
-        return (io.read_certify if self.command == "certify" else io.read_predict)(path, torn_tail=True)
+        return (tsv.read_certify if self.command == "certify" else tsv.read_predict)(path, torn_tail=True)
 
 
-def run(command: str, data: DataConfig, models: ModelConfig, method: MethodConfig, sampling: SamplingConfig,
-        output: OutputConfig, *, argv: Sequence[str] = (), options: Mapping[str, object] | None = None,
-        distribution: DistConfig | None = None) -> int:
-    """Run ``command`` (``certify`` or ``predict``) and write its TSV; returns the exit status (0).
+def run(settings: RunSettings, *, argv: Sequence[str] = (), options: Mapping[str, object] | None = None) -> int:
+    """Run ``settings.command`` (``certify`` or ``predict``) and write its TSV; returns the exit status (0).
 
-    Under torchrun with several processes, ``distribution`` says how they share the work (default: by image).
+    Under torchrun with several processes, ``settings.distribution`` says how they share the work.
 
     Raises:
         ValueError: a user error (one line), raised before any existing file is touched where it can be known.
     """
-    if command not in ("certify", "predict"):
-        raise ValueError(f"unknown command {command!r}")
-    if command == "certify" and sampling.n < sampling.n0:
-        raise ValueError(f"--n {sampling.n} is below --n0 {sampling.n0}: n estimation samples bound the "
-                         f"probability, n0 only select the class (swapped?)")
-    models = resolve_models(data, models, method)  # the demo's shipped checkpoints where none is given
-    check_combination(data, models, method)
+    output, distribution = settings.output, settings.distribution
     launch = distributed.launch_from_env()
     if launch is None:
-        return _run_single(_Plan(command, data, models, method, sampling, output, argv, options or {}))
-    distribution = distribution or DistConfig()
+        return _run_single(_Plan(settings, argv, options or {}))
     mode = "samples" if distribution.split_samples else "images"
     if mode == "images" and output.out == "-":
         distributed.preflight_images(output.out, launch.world_size, launch.rank, resume_run=output.resume,
                                      overwrite=output.overwrite)  # raises: image sharding needs a file
     if launch.restarts and output.out != "-":  # torchrun --max-restarts restarted the workers: continue the run
-        output = replace(output, resume=True, overwrite=False)
-    sampling = replace(sampling, device=distributed.local_device(sampling.device, launch))
-    plan = _Plan(command, data, models, method, sampling, output, argv, options or {})
-    ctx = distributed.start(launch, sampling.torch_device(), mode, distribution.timeout_minutes)
+        settings = replace(settings, output=replace(output, resume=True, overwrite=False))
+    engine = replace(settings.engine, device=distributed.local_device(settings.engine.device, launch))
+    settings = replace(settings, engine=engine)
+    ctx = distributed.start(launch, engine.torch_device(), mode, distribution.timeout_minutes)
     try:
-        return (_run_images if mode == "images" else _run_samples)(ctx, plan)
+        return (_run_images if mode == "images" else _run_samples)(ctx, _Plan(settings, argv, options or {}))
     finally:
         distributed.stop(ctx)
 
@@ -116,7 +99,7 @@ def _run_single(plan: _Plan) -> int:
     out = plan.output
     exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
     distributed.check_no_parts(out.out, overwrite=out.overwrite)
-    settings = plan.settings()
+    settings = plan.result_settings()
     resuming = exists and out.resume
     if resuming:
         resume.check_resumable(out.out, plan.header, settings)
@@ -142,7 +125,7 @@ def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
     def prepare() -> tuple[dict[str, object], Job, bool, list]:
         out_exists, part_exists = distributed.preflight_images(out, world, rank, resume_run=plan.output.resume,
                                                                overwrite=plan.output.overwrite)
-        settings = plan.settings()
+        settings = plan.result_settings()
         resuming = plan.output.resume
         if resuming and out_exists:
             resume.check_resumable(out, plan.header, settings)
@@ -181,7 +164,7 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
         if rank == 0:
             exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
             distributed.check_no_parts(out.out, overwrite=out.overwrite)
-        settings = plan.settings()
+        settings = plan.result_settings()
         if rank == 0 and exists and out.resume:
             resume.check_resumable(out.out, plan.header, settings)
         return settings, plan.build(), exists and out.resume
@@ -207,7 +190,7 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
 
 def _note_batch(plan: _Plan, job: Job, label: str = "") -> None:
     """Say on stderr which batch ``--batch auto`` picked (it is also in the sidecar's session entry)."""
-    if plan.sampling.batch == BATCH_AUTO and not plan.output.quiet:
+    if plan.settings.engine.batch == BATCH_AUTO and not plan.output.quiet:
         print(f"{label}--batch auto: {job.batch} noisy samples per call on {job.device}", file=sys.stderr)
 
 
@@ -227,9 +210,9 @@ def _certify_all(plan: _Plan, job: Job, todo: list[int], stream: TextIO | None, 
     rows = []
     try:
         for idx in todo:
-            row = _one(plan.command, job, plan.sampling, idx)
+            row = _one(plan.command, job, plan.settings.sampling, idx)
             if stream is not None:
-                io.write_line(stream, _format(row), sync=plan.output.out != "-")
+                tsv.write_line(stream, _format(row), sync=plan.output.out != "-")
             rows.append(row)
             progress.update(row.idx, row.label, row.predict, getattr(row, "radius", None), row.correct, row.time)
             if ctx is not None:
@@ -239,7 +222,7 @@ def _certify_all(plan: _Plan, job: Job, todo: list[int], stream: TextIO | None, 
     return rows
 
 
-def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> io.CertifyRow | io.PredictRow:
+def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.CertifyRow | tsv.PredictRow:
     x, label = job.images[idx]
     x = x.to(job.device)
     start = time.perf_counter()
@@ -253,12 +236,12 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> io.Certi
     elapsed = time.perf_counter() - start
     label = int(label)
     if command == "certify":
-        return io.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed)
-    return io.PredictRow(idx, label, pred, int(pred == label), elapsed)
+        return tsv.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed)
+    return tsv.PredictRow(idx, label, pred, int(pred == label), elapsed)
 
 
-def _format(row: io.CertifyRow | io.PredictRow) -> str:
-    return io.format_certify_row(row) if isinstance(row, io.CertifyRow) else io.format_predict_row(row)
+def _format(row: tsv.CertifyRow | tsv.PredictRow) -> str:
+    return tsv.format_certify_row(row) if isinstance(row, tsv.CertifyRow) else tsv.format_predict_row(row)
 
 
 def _session(job: Job, argv: Sequence[str], options: Mapping[str, object]) -> dict[str, object]:

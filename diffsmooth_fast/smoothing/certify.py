@@ -16,42 +16,55 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..ops import gaussian_noise, resolve_backend
 from . import stats
-
-PHASE_SELECTION = 0
-PHASE_ESTIMATION = 1
-PHASE_PREDICTION = 2
-PHASE_PROBE = 3  # the checks made before a run (build's probe, --batch auto): never a certificate's noise
+from .noise_address import (
+    PHASE_ESTIMATION,
+    PHASE_PREDICTION,
+    PHASE_SELECTION,
+    SamplePositions,
+    noise_stream,
+)
 
 _X_NOT_FINITE = 1
-_LOGITS_NOT_FINITE = 2
+LOGITS_NOT_FINITE = 2  # the status bit a counting base classifier sets for non-finite logits
 
 
-def noise_stream(idx: int, phase: int) -> int:
-    """Stream id of one sampling phase of image ``idx``: idx in Philox counter word c2, phase in c3."""
-    return (phase << 32) | idx
+@runtime_checkable
+class CountingClassifier(Protocol):
+    """A base classifier that draws the smoothing noise itself and counts its own votes (the fast engine's path).
 
-
-@dataclass(frozen=True)
-class SamplePositions:
-    """Where a batch of noisy copies sits, for base classifiers that draw noise of their own by position.
-
-    Row i of the batch is sample ``first + i`` of phase ``phase`` of image ``idx``, drawn under Philox key
-    ``seed``. A base classifier whose class sets ``accepts_positions = True`` is called as
-    ``base_classifier(batch, positions=SamplePositions(...))``, so its own noise (DiffSmooth's fresh local
-    noise, a multi-step reverse process) can be indexed by sample, not by batch, and stays independent of the
-    batch size. Plain Python ints: building one costs no device work and no host sync.
+    Instead of being called on noisy copies that :class:`Smooth` made, it is asked for the class counts of a range
+    of samples: ``count(x, positions, counts, status)`` adds the votes of samples ``positions.first`` to
+    ``positions.first + positions.count - 1`` of phase ``positions.phase`` of image x to ``counts`` [K] (int64, on
+    x's device) and ORs ``LOGITS_NOT_FINITE`` into ``status`` (an int64 0-dim tensor) when its outputs are not
+    finite, without a host sync. Its smoothing noise must be the noise :class:`Smooth` would draw: standard normals
+    at the positions :mod:`~diffsmooth_fast.smoothing.noise_address` gives (stream ``positions.stream``, sample
+    j at ``[j*numel, (j+1)*numel)``), times ``smoothing_sigma``. It is also callable like any base classifier
+    (scores of a noisy batch), for the checks made before a run.
     """
 
-    seed: int
-    idx: int
-    phase: int
-    first: int
-    count: int
+    counts_samples: bool
+    smoothing_sigma: float
+
+    def count(self, x: torch.Tensor, positions: SamplePositions, counts: torch.Tensor,
+              status: torch.Tensor) -> None: ...
+
+
+def check_scores(scores: object, rows: int, num_classes: int) -> torch.Tensor:
+    """The base classifier's output for ``rows`` inputs, or a one-line error if it is not [rows, num_classes]."""
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f"base classifier must return a tensor of logits, got {type(scores).__name__}")
+    if tuple(scores.shape) != (rows, num_classes):
+        raise ValueError(
+            f"base classifier returned shape {list(scores.shape)} for a batch of {rows}; "
+            f"expected [{rows}, {num_classes}] (batch, num_classes)"
+        )
+    return scores
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,21 @@ class SampleShard:
         return num * self.rank // self.world_size, num * (self.rank + 1) // self.world_size
 
 
+def _smoothing_sigma(base_classifier: object, sigma: object) -> float:
+    """The smoothing sigma: the one given, the base classifier's own (``smoothing_sigma``), and never two."""
+    own = getattr(base_classifier, "smoothing_sigma", None)
+    if sigma is None:
+        if own is None:
+            raise ValueError("sigma is required: this base classifier was not built for one sigma")
+        sigma = own
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if own is not None and float(own) != float(sigma):
+        raise ValueError(f"sigma {sigma} differs from the base classifier's method sigma {own}: the noise Smooth "
+                         f"draws must be the noise the method purifies; leave sigma out to take the method's")
+    return float(sigma)
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -97,9 +125,13 @@ class Smooth:
     Args:
         base_classifier: maps a batch [B, C, H, W] in pixel space to logits [B, num_classes]. Put it in eval
             mode first; it is called under ``torch.no_grad``. If its class sets ``accepts_positions = True`` it
-            also receives ``positions=`` (a :class:`SamplePositions`) to draw its own noise by sample.
+            also receives ``positions=`` (a :class:`SamplePositions`) to draw its own noise by sample. A
+            :class:`CountingClassifier` (``counts_samples = True``) is asked for counts instead and draws the
+            smoothing noise itself.
         num_classes: number of classes K >= 2.
-        sigma: noise level (> 0, finite), in the units of x (pixels in [0, 1]).
+        sigma: noise level (> 0, finite), in the units of x (pixels in [0, 1]). A base classifier that was built
+            for one sigma (``smoothing_sigma``: every method of :mod:`diffsmooth_fast.engine.method`) gives it;
+            then ``sigma`` may be left out, and a different one is refused.
         seed: Philox key in [0, 2**64); with the image index and phase it fixes every noise sample.
         backend: noise backend (``auto``, ``cuda``, ``triton``, ``cpp``, ``torch``), resolved once per device.
         shard: draw only this process's part of the samples and sum the counts over processes (see
@@ -112,7 +144,7 @@ class Smooth:
         self,
         base_classifier: Callable[[torch.Tensor], torch.Tensor],
         num_classes: int,
-        sigma: float,
+        sigma: float | None = None,
         *,
         seed: int = 0,
         backend: str | None = "auto",
@@ -121,8 +153,10 @@ class Smooth:
         if not callable(base_classifier):
             raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
         _check_int("num_classes", num_classes, 2)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        sigma = _smoothing_sigma(base_classifier, sigma)
+        if getattr(base_classifier, "counts_samples", False) and not isinstance(base_classifier, CountingClassifier):
+            raise ValueError(f"{type(base_classifier).__name__} sets counts_samples but lacks count() or "
+                             f"smoothing_sigma (see CountingClassifier)")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.base_classifier = base_classifier
@@ -205,27 +239,38 @@ class Smooth:
         ``self.shard``: it counts the samples asked for.
         """
         _check_int("start", start, 0)
+        counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
+        if status is None:
+            status = torch.zeros((), dtype=torch.int64, device=x.device)
+        with torch.no_grad():
+            if getattr(self.base_classifier, "counts_samples", False):
+                for first in range(start, start + num, batch_size):
+                    positions = SamplePositions(self.seed, idx, phase, first, min(batch_size, start + num - first))
+                    self.base_classifier.count(x, positions, counts, status)
+                return counts
+            self._plain_counts(x, num, batch_size, idx, phase, status, start, counts)
+        return counts
+
+    def _plain_counts(self, x: torch.Tensor, num: int, batch_size: int, idx: int, phase: int, status: torch.Tensor,
+                      start: int, counts: torch.Tensor) -> None:
+        """The reference path: the noisy copies made here, the base classifier's scores argmaxed into counts."""
         backend = resolve_backend(self.backend, x.device.type)
         stream = noise_stream(idx, phase)
         wants_positions = bool(getattr(self.base_classifier, "accepts_positions", False))
         numel = x.numel()
-        counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
-        with torch.no_grad():
-            for first in range(start, start + num, batch_size):
-                b = min(batch_size, start + num - first)
-                noise = gaussian_noise(
-                    (b, *x.shape), self.seed, first * numel, stream=stream, backend=backend, device=x.device
-                )
-                batch = x.unsqueeze(0) + self.sigma * noise.to(x.dtype)
-                if wants_positions:
-                    logits = self.base_classifier(batch, positions=SamplePositions(self.seed, idx, phase, first, b))
-                else:
-                    logits = self.base_classifier(batch)
-                self._check_logits(logits, b)
-                if status is not None:
-                    status |= (~torch.isfinite(logits).all()).to(torch.int64) * _LOGITS_NOT_FINITE
-                counts.scatter_add_(0, logits.argmax(dim=1), torch.ones(b, dtype=torch.int64, device=x.device))
-        return counts
+        for first in range(start, start + num, batch_size):
+            b = min(batch_size, start + num - first)
+            noise = gaussian_noise(
+                (b, *x.shape), self.seed, first * numel, stream=stream, backend=backend, device=x.device
+            )
+            batch = x.unsqueeze(0) + self.sigma * noise.to(x.dtype)
+            if wants_positions:
+                logits = self.base_classifier(batch, positions=SamplePositions(self.seed, idx, phase, first, b))
+            else:
+                logits = self.base_classifier(batch)
+            check_scores(logits, b, self.num_classes)
+            status |= (~torch.isfinite(logits).all()).to(torch.int64) * LOGITS_NOT_FINITE
+            counts.scatter_add_(0, logits.argmax(dim=1), torch.ones(b, dtype=torch.int64, device=x.device))
 
     def _counts(self, x: torch.Tensor, num: int, batch_size: int, idx: int, phase: int,
                 status: torch.Tensor) -> torch.Tensor:
@@ -236,7 +281,7 @@ class Smooth:
     def _reduce(self, status: torch.Tensor, *counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Sum ``counts`` over the shard's processes in one all-reduce, and OR their ``status`` bits (summed as
         one 0/1 entry per bit, since a sum of bit masks is not their OR). Returns (*counts, status)."""
-        bits = (_X_NOT_FINITE, _LOGITS_NOT_FINITE)
+        bits = (_X_NOT_FINITE, LOGITS_NOT_FINITE)
         flags = torch.stack([((status & bit) != 0).to(torch.int64) for bit in bits])
         packed = torch.cat([*counts, flags])
         self.shard.all_reduce(packed)
@@ -258,18 +303,9 @@ class Smooth:
             raise ValueError("x contains NaN or infinite values")  # cheap on CPU: fail before sampling
         return (~torch.isfinite(x).all()).to(torch.int64) * _X_NOT_FINITE
 
-    def _check_logits(self, logits: object, b: int) -> None:
-        if not isinstance(logits, torch.Tensor):
-            raise ValueError(f"base classifier must return a tensor of logits, got {type(logits).__name__}")
-        if tuple(logits.shape) != (b, self.num_classes):
-            raise ValueError(
-                f"base classifier returned shape {list(logits.shape)} for a batch of {b}; "
-                f"expected [{b}, {self.num_classes}] (batch, num_classes)"
-            )
-
     @staticmethod
     def _raise_on(flags: int) -> None:
         if flags & _X_NOT_FINITE:
             raise ValueError("x contains NaN or infinite values")
-        if flags & _LOGITS_NOT_FINITE:
+        if flags & LOGITS_NOT_FINITE:
             raise ValueError("base classifier returned NaN or infinite logits")
