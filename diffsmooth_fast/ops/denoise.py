@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ._args import KERNEL_DTYPES, as_channel_vector, as_int64, check_counter, check_dtype, check_float, check_int
-from .dispatch import resolve_backend
+from .dispatch import fake_impl, resolve_backend
 from .reference import denoise_replicate_ref
 
 
@@ -105,3 +105,9 @@ def denoise_replicate(
         torch.ops.diffsmooth_fast.denoise_replicate_(out, x_t, eps, noise32, mean_t, std_t, m, c_x, c_eps,
                                                      local_sigma, as_int64(seed), offset, as_int64(stream))
     return out
+
+
+@fake_impl("diffsmooth_fast::denoise_replicate_")
+def _(out, x_t, eps, local_noise, mean, std, m, sqrt_recip_abar, sqrt_recipm1_abar, local_sigma, seed,
+      offset, stream) -> None:
+    return None  # writes its output in place: nothing to allocate

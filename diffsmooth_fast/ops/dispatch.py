@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -21,6 +22,22 @@ BACKENDS = ("cuda", "triton", "cpp", "torch")
 ENV_VAR = "DIFFSMOOTH_BACKEND"
 
 
+# Shape-only implementations of the C++ ops, so that they trace under torch.compile and FakeTensor (opcheck). Each
+# op's front module declares its own with @fake_impl; they are registered when the extension defines the ops.
+_FAKES: dict[str, Callable[..., None]] = {}
+_LOADED: set[str] = set()
+
+
+def fake_impl(qualname: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare the fake (meta) implementation of the op ``qualname`` (``diffsmooth_fast::<op>_``)."""
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        _FAKES[qualname] = fn
+        if "_C" in _LOADED:
+            torch.library.register_fake(qualname)(fn)
+        return fn
+    return register
+
+
 @functools.cache
 def _extension(name: str) -> str | None:
     """Import diffsmooth_fast.<name> (which registers its torch ops); the reason it failed, or None."""
@@ -28,29 +45,11 @@ def _extension(name: str) -> str | None:
         importlib.import_module(f"diffsmooth_fast.{name}")
     except ImportError as exc:
         return str(exc)
+    _LOADED.add(name)
     if name == "_C":
-        _register_fakes()
+        for qualname, fn in _FAKES.items():
+            torch.library.register_fake(qualname)(fn)
     return None
-
-
-def _register_fakes() -> None:
-    # Shape-only implementations so the ops trace under torch.compile and FakeTensor (opcheck).
-    @torch.library.register_fake("diffsmooth_fast::gaussian_noise_")
-    def _(out: torch.Tensor, seed: int, offset: int, stream: int) -> None:
-        return None
-
-    @torch.library.register_fake("diffsmooth_fast::noisy_input_")
-    def _(out, x, noise, sigma, sqrt_abar, affine, seed, offset, stream) -> None:
-        return None
-
-    @torch.library.register_fake("diffsmooth_fast::denoise_replicate_")
-    def _(out, x_t, eps, local_noise, mean, std, m, sqrt_recip_abar, sqrt_recipm1_abar, local_sigma, seed, offset,
-          stream) -> None:
-        return None
-
-    @torch.library.register_fake("diffsmooth_fast::vote_")
-    def _(counts, logits, m) -> None:
-        return None
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..checks import check_int
-from .dispatch import resolve_backend
+from .dispatch import fake_impl, resolve_backend
 from .reference import gaussian_noise_ref
 
 _U64 = 2**64
@@ -72,3 +72,8 @@ def gaussian_noise(
         else:  # cpp and cuda share one op; torch dispatches on out's device.
             torch.ops.diffsmooth_fast.gaussian_noise_(out, _as_int64(seed), offset, _as_int64(stream))
     return out if dtype == torch.float32 else out.to(dtype)
+
+
+@fake_impl("diffsmooth_fast::gaussian_noise_")
+def _(out: torch.Tensor, seed: int, offset: int, stream: int) -> None:
+    return None  # writes its output in place: nothing to allocate

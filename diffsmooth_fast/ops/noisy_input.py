@@ -13,7 +13,7 @@ import math
 import torch
 
 from ._args import as_int64, check_counter, check_dtype, check_float, check_int
-from .dispatch import resolve_backend
+from .dispatch import fake_impl, resolve_backend
 from .reference import noisy_input_ref
 
 
@@ -80,3 +80,8 @@ def noisy_input(
         torch.ops.diffsmooth_fast.noisy_input_(out, x32, noise32, sigma, sqrt_abar, affine, as_int64(seed), offset,
                                                as_int64(stream))
     return out
+
+
+@fake_impl("diffsmooth_fast::noisy_input_")
+def _(out, x, noise, sigma, sqrt_abar, affine, seed, offset, stream) -> None:
+    return None  # writes its output in place: nothing to allocate

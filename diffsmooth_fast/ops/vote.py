@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._args import KERNEL_DTYPES, check_int
-from .dispatch import resolve_backend
+from .dispatch import fake_impl, resolve_backend
 from .reference import vote_ref
 
 
@@ -45,3 +45,8 @@ def vote(logits: torch.Tensor, m: int, counts: torch.Tensor, *, backend: str | N
         vote_triton(counts, logits, m)
     else:  # cpp and cuda share one op; torch dispatches on counts' device.
         torch.ops.diffsmooth_fast.vote_(counts, logits, m)
+
+
+@fake_impl("diffsmooth_fast::vote_")
+def _(counts, logits, m) -> None:
+    return None  # writes its output in place: nothing to allocate
