@@ -37,6 +37,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..checks import check_float, check_int
 from ..diffusion.denoiser import Denoiser
 from ..models.classifiers import NormalizedClassifier
 from ..ops import gaussian_noise, resolve_backend
@@ -45,12 +46,6 @@ from ..smoothing.noise_address import FIXED_NOISE_IMAGE, KIND_FIXED, KIND_LOCAL,
 METHODS = ("diffsmooth", "dds", "cohen", "local-only", "multistep")
 LOCAL_NOISE = ("fixed", "fresh", "reference")
 REFERENCE_LOCAL_SEED = 42  # the reference's torch.manual_seed before drawing its fixed local noise
-
-
-def _finite(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -80,18 +75,14 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if _finite("sigma", self.sigma) <= 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma!r}")
+        check_float("sigma", self.sigma, above=0.0)
         if self.local_sigma is None:
             object.__setattr__(self, "local_sigma", float(self.sigma))
-        if _finite("local sigma", self.local_sigma) < 0:
-            raise ValueError(f"local sigma must be >= 0, got {self.local_sigma!r}")
-        if _finite("local sigma shift", self.local_sigma_shift) + self.local_sigma < 0:
+        check_float("local sigma", self.local_sigma, minimum=0.0)
+        if check_float("local sigma shift", self.local_sigma_shift) + self.local_sigma < 0:
             raise ValueError(f"local sigma + shift must be >= 0, got {self.local_sigma} + {self.local_sigma_shift}")
         for name in ("m", "reverse_steps", "reverse_runs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be an integer >= 1, got {value!r}")
+            check_int(name.replace("_", " "), getattr(self, name), 1)
         if self.local_noise not in LOCAL_NOISE:
             raise ValueError(f"local noise must be one of {', '.join(LOCAL_NOISE)}, got {self.local_noise!r}")
 

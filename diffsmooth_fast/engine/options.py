@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from ..checks import is_int
 from ..diffusion.denoiser import Denoiser
 from ..models.classifiers import NormalizedClassifier
 from ..ops import BACKENDS, resolve_backend
@@ -90,8 +91,7 @@ class EngineOptions:
                 raise ValueError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ValueError(f"--backend: unknown backend {self.backend!r}; choose auto or one of {', '.join(BACKENDS)}")
-        if self.batch != BATCH_AUTO and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
-                                         or self.batch < 1):
+        if self.batch != BATCH_AUTO and not (is_int(self.batch) and self.batch >= 1):
             raise ValueError(f"--batch must be an integer >= 1 or auto, got {self.batch!r}")
 
     @property

@@ -10,10 +10,10 @@ must match it exactly (see :mod:`diffsmooth_fast.run.resume`).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 
+from ..checks import check_float, check_int
 from ..data import DATASETS
 from ..diffusion.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
 from ..engine.method import MethodConfig
@@ -23,12 +23,6 @@ from ..models.classifiers import NORMALIZATIONS
 
 ALL_DATASETS = ("demo", "toy", *DATASETS)
 BUILT_IN = ("demo", "toy")  # datasets that ship with the package (no --data)
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -53,8 +47,8 @@ class DataConfig:
             raise ValueError(f"--dataset {self.dataset} needs --data PATH")
         if self.dataset == "demo" and self.split != "test":
             raise ValueError("the demo ships only its test split (--split test)")
-        _int("--skip", self.skip, 1)
-        _int("--max", self.max, -1)
+        check_int("--skip", self.skip, 1)
+        check_int("--max", self.max, -1)
 
 
 @dataclass(frozen=True)
@@ -108,12 +102,10 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _int("--n0", self.n0, 1)
-        _int("--n", self.n, 1)
-        if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0 or not math.isfinite(self.alpha):
-            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
-            raise ValueError(f"--seed must be an integer in [0, 2**64), got {self.seed!r}")
+        check_int("--n0", self.n0, 1)
+        check_int("--n", self.n, 1)
+        check_float("--alpha", self.alpha, above=0.0, below=1.0)
+        check_int("--seed", self.seed, 0, below=2**64)
 
 
 @dataclass(frozen=True)
@@ -181,9 +173,7 @@ class DistConfig:
     timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
-        minutes = self.timeout_minutes
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes < math.inf:
-            raise ValueError(f"--dist-timeout must be a number of minutes > 0, got {minutes!r}")
+        check_float("--dist-timeout (minutes)", self.timeout_minutes, above=0.0)
 
 
 def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfig) -> None:

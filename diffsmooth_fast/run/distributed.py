@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from . import errors, resume
-from . import tsv as io
+from . import tsv
 from .atomic import write_atomically
 
 MODES = ("images", "samples")
@@ -348,8 +348,8 @@ def merge_parts(out: str, header: tuple[str, ...], world_size: int, indices: Seq
         ValueError: a part is missing or an image of ``indices`` is in none of the files (for example parts on
             a disk that rank 0 cannot see: several nodes must share the output folder).
     """
-    certify = tuple(header) == io.CERTIFY_HEADER
-    read = io.read_certify if certify else io.read_predict
+    certify = tuple(header) == tsv.CERTIFY_HEADER
+    read = tsv.read_certify if certify else tsv.read_predict
     rows: dict[int, object] = {}
     runs: list = []
     if os.path.exists(out):
@@ -372,7 +372,7 @@ def merge_parts(out: str, header: tuple[str, ...], world_size: int, indices: Seq
                          f"same command with --resume")
     merged = [rows[idx] for idx in sorted(rows)]
     resume.write_sidecar(out, {"format": resume.SIDECAR_FORMAT, "settings": settings, "runs": runs})
-    fmt = io.format_certify_row if certify else io.format_predict_row
+    fmt = tsv.format_certify_row if certify else tsv.format_predict_row
     write_atomically(out, "".join(line + "\n" for line in ["\t".join(header), *(fmt(row) for row in merged)]))
     for part in parts:
         _remove(part)

@@ -13,13 +13,13 @@ gives exactly the counts, predictions and radii of a single process.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..checks import check_float, check_int
 from ..ops import gaussian_noise, resolve_backend
 from . import stats
 from .noise_address import (
@@ -83,9 +83,8 @@ class SampleShard:
     all_reduce: Callable[[torch.Tensor], None]
 
     def __post_init__(self) -> None:
-        _check_int("world_size", self.world_size, 1)
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be an integer in [0, {self.world_size}), got {self.rank!r}")
+        check_int("world_size", self.world_size, 1)
+        check_int("rank", self.rank, 0, below=self.world_size)
 
     def part(self, num: int) -> tuple[int, int]:
         """The ``[start, stop)`` range of ``num`` samples that this process draws."""
@@ -99,24 +98,11 @@ def _smoothing_sigma(base_classifier: object, sigma: object) -> float:
         if own is None:
             raise ValueError("sigma is required: this base classifier was not built for one sigma")
         sigma = own
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    sigma = check_float("sigma", sigma, above=0.0)
     if own is not None and float(own) != float(sigma):
         raise ValueError(f"sigma {sigma} differs from the base classifier's method sigma {own}: the noise Smooth "
                          f"draws must be the noise the method purifies; leave sigma out to take the method's")
     return float(sigma)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_alpha(alpha: object) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    return float(alpha)
 
 
 class Smooth:
@@ -152,13 +138,12 @@ class Smooth:
     ) -> None:
         if not callable(base_classifier):
             raise ValueError(f"base_classifier must be callable, got {type(base_classifier).__name__}")
-        _check_int("num_classes", num_classes, 2)
+        check_int("num_classes", num_classes, 2)
         sigma = _smoothing_sigma(base_classifier, sigma)
         if getattr(base_classifier, "counts_samples", False) and not isinstance(base_classifier, CountingClassifier):
             raise ValueError(f"{type(base_classifier).__name__} sets counts_samples but lacks count() or "
                              f"smoothing_sigma (see CountingClassifier)")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        check_int("seed", seed, 0, below=2**64)
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = float(sigma)
@@ -188,10 +173,10 @@ class Smooth:
         Returns:
             ``(prediction, radius)``; ``(Smooth.ABSTAIN, 0.0)`` when p_A's lower bound is below 1/2.
         """
-        _check_int("n0", n0, 1)
-        _check_int("n", n, 1)
-        alpha = _check_alpha(alpha)
-        _check_int("batch_size", batch_size, 1)
+        check_int("n0", n0, 1)
+        check_int("n", n, 1)
+        alpha = check_float("alpha", alpha, above=0.0, below=1.0)
+        check_int("batch_size", batch_size, 1)
         status = self._check_x(x, idx)
         counts0 = self._counts(x, n0, batch_size, idx, PHASE_SELECTION, status)
         counts = self._counts(x, n, batch_size, idx, PHASE_ESTIMATION, status)
@@ -207,9 +192,9 @@ class Smooth:
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *, idx: int = 0) -> int:
         """Cohen's PREDICT: the top class of n samples, or ABSTAIN unless a binomial test at level alpha
         separates it from the runner-up. The probability of returning a class other than g(x) is <= alpha."""
-        _check_int("n", n, 1)
-        alpha = _check_alpha(alpha)
-        _check_int("batch_size", batch_size, 1)
+        check_int("n", n, 1)
+        alpha = check_float("alpha", alpha, above=0.0, below=1.0)
+        check_int("batch_size", batch_size, 1)
         status = self._check_x(x, idx)
         counts = self._counts(x, n, batch_size, idx, PHASE_PREDICTION, status)
         if self.shard is not None:
@@ -238,7 +223,7 @@ class Smooth:
         ``status`` (checked by the caller at its single sync) instead of synchronising here. This ignores
         ``self.shard``: it counts the samples asked for.
         """
-        _check_int("start", start, 0)
+        check_int("start", start, 0)
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=x.device)
         if status is None:
             status = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -297,8 +282,7 @@ class Smooth:
             raise ValueError(f"x must have shape [C, H, W], got {list(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < 2**32:
-            raise ValueError(f"idx must be an integer in [0, 2**32), got {idx!r}")
+        check_int("idx", idx, 0, below=2**32)
         if x.device.type == "cpu" and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or infinite values")  # cheap on CPU: fail before sampling
         return (~torch.isfinite(x).all()).to(torch.int64) * _X_NOT_FINITE
