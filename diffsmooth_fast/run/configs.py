@@ -10,10 +10,11 @@ must match it exactly (see :mod:`diffsmooth_fast.run.resume`).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
-from ..checks import check_float, check_int
+from ..checks import check_float, check_int, is_number
 from ..data import DATASETS
 from ..diffusion.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
 from ..engine.method import MethodConfig
@@ -173,7 +174,9 @@ class DistConfig:
     timeout_minutes: float = 30.0
 
     def __post_init__(self) -> None:
-        check_float("--dist-timeout (minutes)", self.timeout_minutes, above=0.0)
+        minutes = self.timeout_minutes
+        if not (is_number(minutes) and 0 < minutes < math.inf):  # the message says the unit, as --help does
+            raise ValueError(f"--dist-timeout must be a number of minutes > 0, got {minutes!r}")
 
 
 def check_combination(data: DataConfig, models: ModelConfig, method: MethodConfig) -> None:
