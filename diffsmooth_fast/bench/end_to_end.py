@@ -1,39 +1,67 @@
 """End-to-end certification benchmark: this engine against the paper's way of certifying, in the same run.
 
     diffsmooth-fast bench e2e --preset cifar10 --quick                  # GPU: engine in bf16, fp16, fp32
-    diffsmooth-fast bench e2e --preset imagenet --quick --dtype bfloat16
+    diffsmooth-fast bench e2e --preset imagenet --quick --dtype bfloat16 --controls
     diffsmooth-fast bench e2e --device cpu --quick --tiny               # seconds on a CPU (the test)
+    diffsmooth-fast bench e2e --device cpu --preset demo                # the shipped trained models, real digits
 
 (or ``python -m diffsmooth_fast.bench.end_to_end ...``).
 
-Models are the full-size architectures with random weights (the cost of a forward pass does not depend on the
-weights): the OpenAI UNet of the ``cifar10`` / ``imagenet`` preset (ImageNet at 224x224, as DiffSmooth feeds
-it) and the ResNet-110 / ResNet-50 classifier, the same weights for every run. ``--tiny`` swaps in a small UNet
-and ResNet-20 so that the whole path runs on a CPU in seconds.
+Models. ``cifar10`` / ``imagenet``: the full-size architectures with random weights (the cost of a forward pass
+does not depend on the weights), the OpenAI UNet of the preset (ImageNet at 224x224, as DiffSmooth feeds it) and
+the ResNet-110 / ResNet-50 classifier, on random images. ``demo``: the package's shipped trained models (the
+digits UNet and the classifier trained at noise 0.25) on the digits test images. ``--tiny``: a small UNet and
+ResNet-20, random weights, so that the whole path runs on a CPU in seconds. Every run uses the same weights and
+the same images.
 
-Runs, timed one after another on the same random images:
+Runs, one after another:
 
-* ``baseline``: the paper's way (:mod:`diffsmooth_fast.bench.paper_baseline`): float32 eager, batch 50, the m classifier
-  passes one after another, a host sync per batch, PyTorch's default TF32 settings.
-* ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around
-  :class:`diffsmooth_fast.PurifiedClassifier` (DiffSmooth, fixed local noise as the paper), ``--batch`` noisy
-  samples per call, one host sync per image.
-* ``engine+OPTIONS`` in each ``--dtype`` for each ``--variants`` entry: the engine with speed options on, '+'-joined
-  from ``amp`` (``--autocast``: float32 weights under autocast; not in float32), ``fused`` (``--fused``),
-  ``norms`` (``--fuse-norms``), ``cl`` (``--channels-last``), ``graphs`` (``--cuda-graphs``, CUDA only) and
-  ``compile`` (``--compile``); ``fast`` means ``fused+norms+cl+graphs``.
-  ``--cuda-graphs`` adds ``graphs``. Runs with graphs or compile warm up with the run's n0 and n, so every batch
-  shape is captured / compiled before the clock starts. ``matches_engine`` says whether their predictions and
-  radii equal the plain engine's (graphs: they should; fused kernels and norms: up to float rounding, so a
-  radius may differ in its last digits), with ``prediction_agreement`` and ``max_radius_diff``.
+* ``baseline``: the paper's way (:mod:`diffsmooth_fast.bench.paper_baseline`): float32 eager, ``--baseline-batch``
+  samples per batch (default 50, the paper's), the m classifier passes one after another, a host sync per
+  batch, PyTorch's default TF32 settings.
+* ``engine`` in each ``--dtype``: :class:`diffsmooth_fast.Smooth` around the engine's DiffSmooth base classifier
+  (fixed local noise, as the paper), ``--batch`` noisy samples per call, counts kept on the device.
+* ``engine+OPTIONS`` in each ``--dtype`` for each ``--variants`` entry: the engine with speed options on,
+  '+'-joined from ``amp`` (float32 weights under autocast; not in float32), ``fused``, ``norms`` (fused GroupNorm),
+  ``cl`` (channels_last), ``graphs`` (CUDA graphs, CUDA only) and ``compile``; ``fast`` is
+  ``fused+norms+cl+graphs``. ``matches_engine`` says whether their predictions and radii equal the plain
+  engine's in the same dtype (graphs: they should; fused kernels and norms: up to float rounding), with
+  ``prediction_agreement`` and ``max_radius_diff``.
+* ``--controls`` (default: on for CUDA), what the speedup is made of: ``engine@baseline-batch``, the engine in
+  float32 at the baseline's batch with no speed options (what remains is the engine's loop: device-side counts,
+  one classifier call on B*m inputs, Philox noise), checked against the float32 engine's certificates; and
+  ``baseline+autocast``, the paper's loop with both networks under ``torch.autocast`` in bfloat16 (what reduced
+  precision alone buys the paper's loop; on a CPU it runs PyTorch's CPU bf16 kernels and is labelled so),
+  checked against the baseline's certificates (same noise: the same global-RNG draws).
 
-Each run certifies ``--images`` images with n0 selection and n estimation samples after an untimed warm-up.
-``--quick`` samples n = ``quick_n`` instead of N (the paper's N: 100,000 on CIFAR-10, 10,000 on ImageNet) and
-extrapolates seconds per image to n0 + N samples at the measured rate; the JSON says so (``extrapolated``).
-Reported per run: seconds per image, samples per second, MFU (model FLOPs per sample, from REFERENCE.md's cost
-table, times samples per second, over the H100's dense bf16 peak of 989 TFLOP/s, for every precision alike),
-peak GPU memory; and the speedup of each engine run over the baseline. One JSON record goes to
-``benchmarks/results/`` (or ``--json``) with the device, versions, git commit and every setting.
+What is timed. Before its clock starts, every run (baseline, engine, variants, controls alike) is warmed up on
+every batch shape it will draw: with batch B, the n0 selection samples come in batches of min(B, n0) and
+n0 mod B, the n estimation samples in batches of min(B, n) and n mod B; the warm-up draws ``WARMUP_ROUNDS``
+rounds of one batch of each of those sizes, selection then estimation, on the first image under an index no timed
+image uses, and makes one certification decision. So CUDA graphs are captured, torch.compile has compiled, cuDNN
+and the caching allocator have settled on every shape, the n0 batch included, before any timing. Then each
+image is certified in three parts, each timed with ``time.perf_counter`` between device synchronisations
+(``torch.cuda.synchronize``; nothing to wait for on a CPU):
+
+1. selection: n0 samples of the selection phase (engine: ``Smooth.sample_counts(..., phase=PHASE_SELECTION)``),
+2. estimation: n samples of the estimation phase (``phase=PHASE_ESTIMATION``),
+3. decision: the top class and its count read to the host (the engine's one host read per image, as in
+   ``Smooth.certify``) and the Clopper-Pearson bound and radius.
+
+The engine's counts stay on the device through both phases; the synchronisation between the phases is the
+clock's own, one drain of the device queue per image more than ``Smooth.certify`` makes, so it can only slow the
+engine. The baseline synchronises after every batch anyway. Seconds per image = selection + estimation x N / n +
+decision: ``--quick`` draws n = ``quick_n`` estimation samples instead of N (the paper's N: 100,000 on CIFAR-10,
+10,000 on ImageNet) and extrapolates the estimation time at its measured rate (``extrapolated``); selection is
+n0 samples, measured as such, never scaled. Without ``--quick`` nothing is extrapolated.
+
+Reported per run: the three parts per image, seconds per image, samples per second at n0 + N samples, the
+measured selection and estimation rates, MFU (model FLOPs per sample, from REFERENCE.md's cost table or counted,
+times samples per second, over the H100's dense bf16 peak of 989 TFLOP/s, for every precision alike), peak GPU
+memory, the certificates (prediction, radius per image); and each run's speedup over the baseline, overall and
+per phase. One JSON record goes to ``benchmarks/results/`` (or ``--json``) with the device, versions, git commit,
+the kernel backend actually used and every setting; it is rewritten after every run, so a run stopped at a time
+limit keeps the runs it finished (``complete`` says whether all ran).
 """
 
 from __future__ import annotations
@@ -42,37 +70,50 @@ import argparse
 import copy
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffsmooth_fast import Denoiser, MethodConfig, PurifiedClassifier, Smooth
 from diffsmooth_fast.bench import record as record_info
 from diffsmooth_fast.bench.paper_baseline import PAPER_BATCH, PaperBaseline
 from diffsmooth_fast.bench.record import REPO
+from diffsmooth_fast.diffusion.denoiser import Denoiser
 from diffsmooth_fast.diffusion.openai_flags import OpenAIFlags, openai_flags, preset
+from diffsmooth_fast.engine.counting import CountingPath
+from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.engine.options import EngineOptions, assemble
 from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier
 from diffsmooth_fast.models.resnet import build_architecture
 from diffsmooth_fast.models.unet import UNet
+from diffsmooth_fast.ops import BACKENDS, resolve_backend
+from diffsmooth_fast.smoothing import stats
+from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, Smooth
 
 # Records go to the checkout's benchmarks/results/ when the package runs from one, else to the current folder.
 RESULTS = os.path.join(REPO, "benchmarks", "results") if os.path.isdir(os.path.join(REPO, "benchmarks")) else "."
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16 tensor-core peak (REFERENCE.md): the MFU denominator
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+# CPU float16 convolutions are a slow fallback path in PyTorch: timing them says nothing about the engine.
+DEFAULT_DTYPES = {"cuda": ["bfloat16", "float16", "float32"], "cpu": ["float32", "bfloat16"]}
+WARMUP_ROUNDS = 2  # the second call of a shape is the first steady one (allocator, cuDNN heuristics, graph replay)
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # A UNet small enough for a CPU (the tests' tiny model): GroupNorm needs 32-channel multiples.
-TINY_UNET = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
-                 num_heads=2, learn_sigma=True, diffusion_steps=1000, noise_schedule="linear")
+TINY_UNET = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+             "attention_resolutions": "16", "num_heads": 2, "learn_sigma": True, "diffusion_steps": 1000,
+             "noise_schedule": "linear"}
+DEMO_CLASSIFIER_NOISE = 0.25  # the shipped classifier for DiffSmooth at sigma = 0.25 (shipped.classifier_noise_for)
 
 
 @dataclass(frozen=True)
 class Setup:
     """One benchmark configuration. GFLOPs are per forward pass of one image (None: counted with
-    FlopCounterMode); ``local_sigma_shift`` is the paper's shift of sigma' at sigma = 0.25."""
+    FlopCounterMode); ``local_sigma_shift`` is the paper's shift of sigma' at sigma = 0.25; ``trained``: the
+    shipped demo models on the digits instead of random weights on random images."""
 
     name: str
     unet_flags: OpenAIFlags
@@ -87,6 +128,7 @@ class Setup:
     local_sigma_shift: float
     unet_gflops: float | None
     classifier_gflops: float | None
+    trained: bool = False
 
 
 SETUPS = {
@@ -94,6 +136,9 @@ SETUPS = {
                      1000, 0.03, 16.77, 0.506),
     "imagenet": Setup("imagenet", preset("imagenet"), "resnet50", 224, 1000, IMAGENET_STATS, 100, 10_000, 200, 50,
                       0.01, 1712.6, 8.18),
+    # N: the demo command's default (run.configs.DEFAULT_N); the normalisation comes with the checkpoint.
+    "demo": Setup("demo", preset("demo"), "digits_resnet14", 8, 10, ((), ()), 100, 1_000, 200, 100, 0.0, None,
+                  None, trained=True),
 }
 TINY = Setup("tiny", openai_flags("improved", **TINY_UNET), "cifar_resnet20", 32, 10, CIFAR_STATS, 10, 1_000, 20,
              16, 0.03, None, None)
@@ -117,16 +162,40 @@ def counted_gflops(setup: Setup) -> dict[str, float]:
 
 
 def build_models(setup: Setup, device: torch.device, seed: int) -> tuple[Denoiser, nn.Module]:
-    """The float32 denoiser and classifier with PyTorch's default random initialisation (seeded)."""
-    torch.manual_seed(seed)
-    with torch.device(device):
-        unet = UNet(setup.unet_flags.unet_config())
-        net = build_architecture(setup.classifier_arch)
-    mean, std = setup.stats
-    classifier = NormalizedClassifier(InputNormalization("normalize", mean, std), net).to(device)
-    for model in (unet, classifier):
+    """The float32 denoiser and classifier: the shipped demo models, or PyTorch's default random initialisation
+    (seeded)."""
+    if setup.trained:
+        from diffsmooth_fast.models import shipped
+        from diffsmooth_fast.models.classifiers import load_classifier
+
+        denoiser = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), device=device)
+        classifier = load_classifier(shipped.classifier_checkpoint(DEMO_CLASSIFIER_NOISE)).to(device)
+    else:
+        torch.manual_seed(seed)
+        with torch.device(device):
+            unet = UNet(setup.unet_flags.unet_config())
+            net = build_architecture(setup.classifier_arch)
+        mean, std = setup.stats
+        classifier = NormalizedClassifier(InputNormalization("normalize", mean, std), net).to(device)
+        denoiser = Denoiser(unet, setup.unet_flags)
+    for model in (denoiser.unet, classifier):
         model.eval().requires_grad_(False)
-    return Denoiser(unet, setup.unet_flags), classifier
+    return denoiser, classifier
+
+
+def load_images(setup: Setup, count: int, seed: int, device: torch.device) -> tuple[torch.Tensor, list[int] | None]:
+    """Images [count, 3, H, W] in [0, 1] and their labels: the first digits test images for the demo, uniform
+    random pixels (no labels) otherwise."""
+    if setup.trained:
+        from diffsmooth_fast.data import digits
+
+        data = digits.test_set()
+        if count > len(data):
+            raise ValueError(f"--images {count}: the digits test split has {len(data)} images")
+        items = [data[i] for i in range(count)]
+        return torch.stack([torch.as_tensor(x) for x, _ in items]).to(device), [int(y) for _, y in items]
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.rand((count, 3, setup.image_size, setup.image_size), generator=gen).to(device), None
 
 
 def _sync(device: torch.device) -> None:
@@ -134,20 +203,92 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_certify(certify: Callable[[torch.Tensor, int, int, int], tuple[int, float]], images: torch.Tensor,
-                 n0: int, n: int, warm: int | tuple[int, int], device: torch.device) -> dict:
-    """Certify every image (after an untimed warm-up certificate of ``warm`` samples per phase, or of
-    ``(n0, n)`` samples when ``warm`` is a pair)."""
-    certify(images[0], 0, *(warm if isinstance(warm, tuple) else (warm, warm)))
+def batch_sizes(num: int, batch: int) -> list[int]:
+    """The distinct batch sizes in which ``num`` samples are drawn ``batch`` at a time (full batches, then the
+    rest), largest first: the shapes a phase of ``num`` samples shows the networks."""
+    full, rest = divmod(num, batch)
+    return ([batch] if full else []) + ([rest] if rest else [])
+
+
+class EngineCertifier:
+    """Cohen's CERTIFY with :class:`Smooth`, split into the parts the clock times: the same calls and the same
+    single host read per image as ``Smooth.certify`` (so the same certificates)."""
+
+    def __init__(self, smooth: Smooth, batch: int, alpha: float) -> None:
+        self.smooth, self.batch, self.alpha = smooth, batch, alpha
+        self.status: torch.Tensor | None = None
+
+    def select(self, x: torch.Tensor, idx: int, num: int) -> torch.Tensor:
+        # Non-finite logits set bits here on the device; they are read with the counts, at the image's one sync.
+        self.status = torch.zeros((), dtype=torch.int64, device=x.device)
+        return self.smooth.sample_counts(x, num, self.batch, idx=idx, phase=PHASE_SELECTION, status=self.status)
+
+    def estimate(self, x: torch.Tensor, idx: int, num: int) -> torch.Tensor:
+        return self.smooth.sample_counts(x, num, self.batch, idx=idx, phase=PHASE_ESTIMATION, status=self.status)
+
+    def decide(self, counts0: torch.Tensor, counts: torch.Tensor, n: int) -> tuple[int, float]:
+        c_a = counts0.argmax()  # first maximum on ties, as Smooth.certify
+        n_a = counts.gather(0, c_a.view(1)).view(())  # not counts[c_a]: that would be a second host sync
+        c_a, n_a, flags = torch.stack([c_a, n_a, self.status]).tolist()  # the one host read of the image
+        if flags:
+            raise ValueError("base classifier returned NaN or infinite logits")
+        return stats.certify_decision(c_a, n_a, n, self.alpha, self.smooth.sigma)
+
+
+class BaselineCertifier:
+    """The paper-style baseline's CERTIFY in the same three parts (its counts are on the host already)."""
+
+    def __init__(self, baseline: PaperBaseline, alpha: float) -> None:
+        self.baseline, self.batch, self.alpha = baseline, baseline.batch, alpha
+
+    def select(self, x: torch.Tensor, idx: int, num: int) -> np.ndarray:
+        return self.baseline.sample_counts(x, num)
+
+    def estimate(self, x: torch.Tensor, idx: int, num: int) -> np.ndarray:
+        return self.baseline.sample_counts(x, num)
+
+    def decide(self, counts0: np.ndarray, counts: np.ndarray, n: int) -> tuple[int, float]:
+        return self.baseline.decide(counts0, counts, n, self.alpha)
+
+
+def warm_up(certifier, x: torch.Tensor, idx: int, n0: int, n: int, rounds: int = WARMUP_ROUNDS) -> dict:
+    """Draw one batch of every size the timed phases will draw, ``rounds`` times, then decide once (untimed)."""
+    selection, estimation = batch_sizes(n0, certifier.batch), batch_sizes(n, certifier.batch)
+    for _ in range(rounds):
+        counts0 = [certifier.select(x, idx, b) for b in selection]
+        counts = [certifier.estimate(x, idx, b) for b in estimation]
+    certifier.decide(counts0[0], counts[0], estimation[0])  # one batch's counts are a valid input to the decision
+    return {"rounds": rounds, "selection_batches": selection, "estimation_batches": estimation}
+
+
+def time_run(certifier, images: torch.Tensor, n0: int, n: int, device: torch.device) -> dict:
+    """Warm ``certifier`` up on every batch shape, then certify every image, timing selection, estimation and the
+    decision separately (a device synchronisation before each clock reading)."""
+    warmup = warm_up(certifier, images[0], len(images), n0, n)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    parts = {"selection": 0.0, "estimation": 0.0, "decision": 0.0}
+    results = []
     start = time.perf_counter()
-    results = [certify(x, idx, n0, n) for idx, x in enumerate(images)]
-    _sync(device)
+    for idx, x in enumerate(images):
+        t0 = time.perf_counter()
+        counts0 = certifier.select(x, idx, n0)
+        _sync(device)
+        t1 = time.perf_counter()
+        counts = certifier.estimate(x, idx, n)
+        _sync(device)
+        t2 = time.perf_counter()
+        results.append(certifier.decide(counts0, counts, n))
+        t3 = time.perf_counter()
+        parts["selection"] += t1 - t0
+        parts["estimation"] += t2 - t1
+        parts["decision"] += t3 - t2
     elapsed = time.perf_counter() - start
     return {
+        "warmup": warmup,
         "measured_seconds": elapsed,
+        **{f"{part}_seconds": seconds for part, seconds in parts.items()},
         "predictions": [int(p) for p, _ in results],
         "radii": [float(r) for _, r in results],
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -155,14 +296,23 @@ def time_certify(certify: Callable[[torch.Tensor, int, int, int], tuple[int, flo
 
 
 def summarise(run: dict, images: int, n0: int, n: int, N: int, flops_per_sample: float) -> dict:
-    """Seconds per image (extrapolated to n0 + N samples when n < N), samples per second and MFU."""
-    measured = n0 + n
-    rate = images * measured / run["measured_seconds"]
+    """Per image: selection (n0 samples, as measured), estimation (extrapolated to N when n < N), decision; their
+    sum; samples per second at n0 + N samples, and MFU."""
+    selection = run["selection_seconds"] / images
+    estimation = run["estimation_seconds"] / images * N / n
+    decision = run["decision_seconds"] / images
+    seconds = selection + estimation + decision
+    rate = (n0 + N) / seconds
     run.update(
-        measured_samples_per_image=measured,
+        measured_samples_per_image=n0 + n,
         target_samples_per_image=n0 + N,
         extrapolated=n != N,
-        seconds_per_image=(n0 + N) / rate,
+        selection_seconds_per_image=selection,
+        estimation_seconds_per_image=estimation,
+        decision_seconds_per_image=decision,
+        seconds_per_image=seconds,
+        selection_samples_per_second=images * n0 / run["selection_seconds"],
+        estimation_samples_per_second=images * n / run["estimation_seconds"],
         samples_per_second=rate,
         mfu=flops_per_sample * rate / PEAK_FLOPS,
     )
@@ -187,32 +337,66 @@ def parse_variant(text: str) -> tuple[str, ...]:
     return tuple(o for o in VARIANT_OPTIONS if o in parts)
 
 
-def engine_base(method: MethodConfig, classifier: nn.Module, unet: nn.Module, flags: OpenAIFlags, dtype: torch.dtype,
-                options: tuple[str, ...], seed: int) -> PurifiedClassifier:
-    """The engine's base classifier with ``options`` on, on copies of the float32 models cast to ``dtype`` (with
-    ``amp``: kept in float32 and run under ``torch.autocast`` in ``dtype``)."""
-    amp = "amp" in options
-    weights = torch.float32 if amp else dtype
-    unet = copy.deepcopy(unet).to(weights)
-    if "norms" in options:
-        unet.fuse_group_norms("auto")
-    base = PurifiedClassifier(method, copy.deepcopy(classifier).to(weights), Denoiser(unet, flags), seed=seed,
-                              dtype=weights, fused="fused" in options, cuda_graphs="graphs" in options,
-                              channels_last="cl" in options, autocast=dtype if amp else None)
-    return base.compile_networks() if "compile" in options else base
+def _engine_base(method: MethodConfig, classifier: nn.Module, denoiser: Denoiser, options: tuple[str, ...],
+                 dtype: torch.dtype, *, seed: int, backend: str = "auto") -> PurifiedClassifier | CountingPath:
+    """The engine's base classifier for :class:`Smooth` with speed ``options`` (VARIANT_OPTIONS) on, on copies of
+    the float32 models held in ``dtype`` (with ``amp``: kept in float32 and run under ``torch.autocast`` in
+    ``dtype``). Every engine option of the benchmark is applied here and nowhere else: through
+    :class:`EngineOptions`, as a certify run applies them."""
+    engine = EngineOptions(dtype=DTYPE_NAMES[dtype], autocast="amp" in options, fused="fused" in options,
+                           fuse_norms="norms" in options, channels_last="cl" in options,
+                           cuda_graphs="graphs" in options, compile="compile" in options, backend=backend)
+    weights = engine.weights_dtype
+    # copies: assemble converts memory format and norms in place, and every run starts from the float32 models
+    den = Denoiser(copy.deepcopy(denoiser.unet).to(weights), denoiser.flags)
+    base = assemble(method, copy.deepcopy(classifier).to(weights), den, engine, seed=seed)
+    base.networks.start()  # compile and graphs on now: the warm-up, not the clock, then meets each batch shape
+    return base
+
+
+def format_table(record: dict) -> list[str]:
+    """The runs of a record as a table: the three timed parts per image, the total, rate, MFU, speedup."""
+    s = record["settings"]
+    title = (f"{s['setup']} on {record['device']['name']} ({record['device']['type']}, backend "
+             f"{s.get('backend', '?')}): n0={s['n0']}, N={s['N']} (measured n={s['n']}), m={s['m']}, "
+             f"{s['images']} images")
+    header = (f"  {'run':26s} {'dtype':8s} {'batch':>5s} {'select s':>9s} {'estim. s':>10s} {'total s':>10s} "
+              f"{'samples/s':>10s} {'MFU%':>6s} {'speedup':>8s}  {'right  ' if s.get('labels') else ''}"
+              f"same certificates")
+    lines = [title, header]
+    for run in record["runs"]:
+        head = f"  {run['name']:26s} {run['dtype']:8s} {run['batch']:5d}"
+        if "error" in run:
+            lines.append(f"{head} FAILED: {run['error']}")
+            continue
+        speedup = record.get("speedups", {}).get(run["name"], {}).get(run["dtype"])
+        key = next((k for k in ("matches_engine", "matches_baseline") if k in run), None)
+        same = "" if key is None else f"{'n/a' if run[key] is None else run[key]} (as {key.split('_')[1]})"
+        if "correct" in run:
+            same = f"{run['correct']}/{len(run['predictions'])} right  {same}"
+        lines.append(f"{head} {run['selection_seconds_per_image']:9.3f} {run['estimation_seconds_per_image']:10.3f}"
+                     f"{'*' if run['extrapolated'] else ' '}{run['seconds_per_image']:9.3f} "
+                     f"{run['samples_per_second']:10.1f} {100 * run['mfu']:6.2f} "
+                     f"{f'{speedup:.2f}x' if speedup else '-':>8s}  {same}")
+    if any(r.get("extrapolated") for r in record["runs"]):
+        lines.append(f"  * estimation extrapolated from n={s['n']} to N={s['N']} at the measured rate; selection "
+                     f"(n0={s['n0']}) measured as such")
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="diffsmooth-fast bench e2e", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cifar10", choices=sorted(SETUPS))
-    parser.add_argument("--tiny", action="store_true", help="small models, for a CPU (the test)")
+    parser.add_argument("--preset", default="cifar10", choices=sorted(SETUPS),
+                        help="cifar10, imagenet: full-size random-weight models; demo: the shipped trained models")
+    parser.add_argument("--tiny", action="store_true", help="small random-weight models, for a CPU (the test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", nargs="+", default=["bfloat16", "float16", "float32"], choices=list(DTYPES),
-                        help="engine precisions, one run each (the baseline is always float32)")
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="engine precisions, one run each "
+                        "(default: bfloat16 float16 float32 on CUDA, float32 bfloat16 on a CPU)")
     parser.add_argument("--batch", type=int, help="engine: noisy samples per call (default: per preset)")
-    parser.add_argument("--baseline-batch", type=int, default=PAPER_BATCH)
+    parser.add_argument("--baseline-batch", type=int, default=PAPER_BATCH,
+                        help=f"the paper-style baseline's samples per batch (default: the paper's {PAPER_BATCH})")
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="n = a few batches, extrapolated to N")
+    parser.add_argument("--quick", action="store_true", help="n = a few batches, estimation extrapolated to N")
     parser.add_argument("--n0", type=int, help="selection samples (default 100)")
     parser.add_argument("--N", type=int, help="estimation samples certified for (default: the paper's)")
     parser.add_argument("--n", type=int, help="estimation samples actually drawn with --quick")
@@ -220,7 +404,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--m", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                        help="kernel backend of the engine (auto: DIFFSMOOTH_BACKEND, else the best available)")
+    parser.add_argument("--skip-baseline", action="store_true", help="no baseline runs (nor the autocast control)")
+    parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time engine@baseline-batch (float32, the baseline's batch, no options) and "
+                        "baseline+autocast (bfloat16) (default: on for CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="also time the engine with CUDA graphs "
                         "(engine+graphs, in each --dtype; CUDA only)")
     parser.add_argument("--variants", nargs="+", default=[], metavar="OPTIONS", help="more engine runs per dtype, "
@@ -236,7 +425,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.tiny and args.preset == "demo":
+        parser.error("--tiny replaces the preset's models with random small ones; the demo preset has its own")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    try:
+        args.backend_used = resolve_backend(args.backend, device.type)
+    except ValueError as exc:
+        parser.error(f"--backend {args.backend}: {exc}")
+    if args.dtype is None:
+        args.dtype = DEFAULT_DTYPES.get(device.type, DEFAULT_DTYPES["cpu"])
+    if args.controls is None:
+        args.controls = device.type == "cuda"
     return args
+
+
+def _compare(run: dict, reference: dict | None, key: str) -> None:
+    """Whether ``run``'s certificates are ``reference``'s (None: no reference run), and how far apart."""
+    if reference is None:
+        run[key] = None
+        return
+    run[key] = (run["predictions"], run["radii"]) == (reference["predictions"], reference["radii"])
+    pairs = list(zip(run["predictions"], reference["predictions"]))
+    run["prediction_agreement"] = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+    run["max_radius_diff"] = max((abs(a - b) for a, b in zip(run["radii"], reference["radii"])), default=None)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -255,22 +471,28 @@ def main(argv: list[str] | None = None) -> dict:
     classifier_gflops = setup.classifier_gflops if setup.classifier_gflops is not None else counted["classifier"]
     flops_per_sample = (unet_gflops + args.m * classifier_gflops) * 1e9
 
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    images = torch.rand((args.images, 3, setup.image_size, setup.image_size), generator=gen).to(device)
+    images, labels = load_images(setup, args.images, args.seed, device)
     denoiser, classifier = build_models(setup, device, args.seed)
-    warm = min(n, engine_batch)
     record: dict = {
         **record_info.header("end_to_end", device),
+        "complete": False,
         "settings": {
             "setup": setup.name, "preset": args.preset, "tiny": args.tiny, "quick": args.quick,
             "images": args.images, "image_size": setup.image_size, "num_classes": setup.num_classes,
             "unet_flags": asdict(setup.unet_flags), "classifier_arch": setup.classifier_arch,
             "sigma": args.sigma, "local_sigma": local_sigma, "m": args.m, "alpha": args.alpha, "n0": setup.n0,
             "N": setup.N, "n": n, "engine_batch": engine_batch, "baseline_batch": args.baseline_batch,
-            "dtypes": args.dtype, "seed": args.seed, "local_noise": "fixed", "weights": "random",
+            "dtypes": args.dtype, "seed": args.seed, "local_noise": "fixed",
+            "weights": "trained (shipped demo models)" if setup.trained else "random",
+            "inputs": "digits test images" if setup.trained else "uniform random images", "labels": labels,
+            "backend": args.backend_used, "backend_requested": args.backend,
+            "backend_env": os.environ.get("DIFFSMOOTH_BACKEND"),
+            "controls": args.controls,
             "cuda_graphs": args.cuda_graphs and device.type == "cuda",
             "variants": ["+".join(v) for v in args.variants],
-            "warmup_samples_per_phase": warm,
+            "warmup_rounds": WARMUP_ROUNDS,
+            "timing": "selection, estimation and decision timed separately between device syncs after a warm-up "
+                      "on every batch shape; seconds_per_image = selection + estimation * N / n + decision",
             "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
         },
@@ -281,35 +503,53 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "runs": [],
     }
+    path = args.json or os.path.join(
+        RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
 
-    def measure(name: str, dtype: str, batch: int, certify: Callable, warm_samples: int | tuple[int, int]) -> None:
+    def measure(name: str, dtype: str, certifier, **notes: object) -> None:
         """Time one run and record it; a failure (out of memory, NaN in a low precision) is recorded, not fatal,
-        so that one command still reports every other run."""
-        run: dict = {"name": name, "dtype": dtype, "batch": batch}
+        so that one command still reports every other run. The record is rewritten after each run."""
+        run: dict = {"name": name, "dtype": dtype, "batch": certifier.batch, **notes}
         try:
-            run.update(time_certify(certify, images, setup.n0, n, warm_samples, device))
+            run.update(time_run(certifier, images, setup.n0, n, device))
         except Exception as exc:  # noqa: BLE001 - out of memory, NaN, a kernel that fails to compile: record, go on
             run["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             record["runs"].append(run)
-            print(f"{name:28s} {dtype:8s} batch {batch:5d}: FAILED: {run['error']}", flush=True)
+            print(f"{name:26s} {dtype:8s} batch {run['batch']:5d}: FAILED: {run['error']}", flush=True)
             return
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if labels is not None:  # trained models: how many certificates are right (abstentions count as wrong)
+            run["correct"] = sum(p == y for p, y in zip(run["predictions"], labels))
         record["runs"].append(summarise(run, args.images, setup.n0, n, setup.N, flops_per_sample))
-        print(f"{name:28s} {dtype:8s} batch {batch:5d}: {run['seconds_per_image']:10.3f} s/image"
-              f"{' (extrapolated)' if run['extrapolated'] else ''}, {run['samples_per_second']:10.1f} samples/s, "
-              f"MFU {100 * run['mfu']:6.2f}%", flush=True)
+        record_info.write_json(record, path)
+        print(f"{name:26s} {dtype:8s} batch {run['batch']:5d}: selection {run['selection_seconds_per_image']:.3f} s "
+              f"+ estimation {run['estimation_seconds_per_image']:.3f} s"
+              f"{' (extrapolated)' if run['extrapolated'] else ''} = {run['seconds_per_image']:.3f} s/image, "
+              f"{run['samples_per_second']:.1f} samples/s, MFU {100 * run['mfu']:.2f}%", flush=True)
 
-    if not args.skip_baseline:
+    def baseline_run(autocast: torch.dtype | None) -> BaselineCertifier:
         baseline = PaperBaseline(denoiser, classifier, num_classes=setup.num_classes, sigma=args.sigma,
                                  local_sigma=local_sigma, m=args.m, image_shape=tuple(images.shape[1:]),
-                                 batch=args.baseline_batch, seed=args.seed)
-        measure("baseline", "float32", args.baseline_batch,
-                lambda x, idx, n0_, n_: baseline.certify(x, n0_, n_, args.alpha), min(warm, args.baseline_batch))
-        del baseline
+                                 batch=args.baseline_batch, seed=args.seed, autocast=autocast)
+        return BaselineCertifier(baseline, args.alpha)
+
     method = MethodConfig("diffsmooth", sigma=args.sigma, local_sigma_shift=setup.local_sigma_shift, m=args.m,
                           local_noise="fixed")
+
+    def engine_run(options: tuple[str, ...], dtype: torch.dtype, batch: int) -> EngineCertifier:
+        base = _engine_base(method, classifier, denoiser, options, dtype, seed=args.seed, backend=args.backend)
+        return EngineCertifier(Smooth(base, setup.num_classes, args.sigma, seed=args.seed, backend=args.backend),
+                               batch, args.alpha)
+
+    if not args.skip_baseline:
+        measure("baseline", "float32", baseline_run(None))
+        if args.controls:
+            notes = {"control": "the paper's loop under bfloat16 autocast: what reduced precision alone buys it"}
+            if device.type != "cuda":
+                notes["note"] = f"bfloat16 autocast on {device.type}: PyTorch's CPU bf16 kernels, no tensor cores"
+            measure("baseline+autocast", "bfloat16", baseline_run(torch.bfloat16), **notes)
     variants: list[tuple[str, ...]] = [()]
     for options in [*(("graphs",),) * args.cuda_graphs, *args.variants]:
         if "graphs" in options and device.type != "cuda":
@@ -317,44 +557,44 @@ def main(argv: list[str] | None = None) -> dict:
         elif options not in variants:
             variants.append(options)
     for name in args.dtype:
-        dtype = DTYPES[name]
         for options in variants:
-            if "amp" in options and dtype == torch.float32:
+            if "amp" in options and DTYPES[name] == torch.float32:
                 continue  # autocast to float32 is the plain float32 run
-            base_classifier = engine_base(method, classifier, denoiser.unet, setup.unet_flags, dtype, options,
-                                          args.seed)
-            smooth = Smooth(base_classifier, setup.num_classes, args.sigma, seed=args.seed)
-            # graphs and compile: every batch shape captured / compiled before the clock starts
-            staged = "graphs" in options or "compile" in options
-            measure("+".join(("engine", *options)), name, engine_batch,
-                    lambda x, idx, n0_, n_, s=smooth: s.certify(x, n0_, n_, args.alpha, engine_batch, idx=idx),
-                    (setup.n0, n) if staged else warm)
-            del base_classifier, smooth
+            measure("+".join(("engine", *options)), name, engine_run(options, DTYPES[name], engine_batch))
+    if args.controls:
+        measure("engine@baseline-batch", "float32", engine_run((), torch.float32, args.baseline_batch),
+                control="the engine in float32 at the baseline's batch, no speed options: its loop alone")
 
     done = [r for r in record["runs"] if "error" not in r]
+
+    def find(name: str, dtype: str) -> dict | None:
+        return next((r for r in done if r["name"] == name and r["dtype"] == dtype), None)
+
     for run in done:
         if run["name"].startswith("engine+"):
-            plain = next((r for r in done if r["name"] == "engine" and r["dtype"] == run["dtype"]), None)
-            if plain is None:
-                run["matches_engine"] = None
-                continue
-            run["matches_engine"] = (run["predictions"], run["radii"]) == (plain["predictions"], plain["radii"])
-            pairs = list(zip(run["predictions"], plain["predictions"]))
-            run["prediction_agreement"] = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
-            run["max_radius_diff"] = max((abs(a - b) for a, b in zip(run["radii"], plain["radii"])), default=None)
-    base = next((r for r in done if r["name"] == "baseline"), None)
-    record["speedups"] = {}
+            _compare(run, find("engine", run["dtype"]), "matches_engine")
+        elif run["name"] == "engine@baseline-batch":
+            _compare(run, find("engine", "float32"), "matches_engine")
+        elif run["name"] == "baseline+autocast":
+            _compare(run, find("baseline", "float32"), "matches_baseline")
+    base = find("baseline", "float32")
+    record["speedups"], record["phase_speedups"] = {}, {}
     for r in done:
         if r["name"] != "baseline" and base:
             ratio = base["seconds_per_image"] / r["seconds_per_image"]
             record["speedups"].setdefault(r["name"], {})[r["dtype"]] = ratio
+            record["phase_speedups"].setdefault(r["name"], {})[r["dtype"]] = {
+                part: base[f"{part}_seconds_per_image"] / r[f"{part}_seconds_per_image"]
+                for part in ("selection", "estimation")}
     record["speedup"] = record["speedups"].get("engine", {})  # the plain engine (and below, with graphs only)
     record["speedup_graphs"] = record["speedups"].get("engine+graphs", {})
+    record["complete"] = True
+    print()
+    for line in format_table(record):
+        print(line)
     for run_name, ratios in record["speedups"].items():
         for dtype, ratio in ratios.items():
             print(f"speedup of {run_name} in {dtype} over the baseline: {ratio:.2f}x")
-    path = args.json or os.path.join(
-        RESULTS, f"end_to_end-{setup.name}-{device.type}-{record['created'].replace(':', '')[:17]}.json")
     print(f"wrote {record_info.write_json(record, path)}")
     return record
 

@@ -14,9 +14,15 @@ This module does the same with PyTorch's defaults (TF32 convolutions as PyTorch 
 cudnn.benchmark, no autocast, no channels_last) and nothing slowed on purpose: it skips the reference's unused
 ``randn_like`` inside ``p_sample`` and reads eps straight from the UNet's output. The decision (Clopper-Pearson
 bound, radius) is the project's ``stats.certify_decision``, the same as Cohen's.
+
+``autocast=torch.bfloat16`` is not the paper's way: it runs the UNet and the classifier under ``torch.autocast``
+(float32 weights, the softmax sum in float32), a control that shows how much of the engine's speedup a reduced
+precision alone would give the paper's loop.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -42,12 +48,15 @@ class PaperBaseline:
         image_shape: (C, H, W), for the fixed local noise.
         batch: noisy samples per UNet call (the paper: 50).
         seed: seed of the global RNG (the reference seeds it per run).
+        autocast: None (the paper: float32), or float16 / bfloat16 to run both networks under ``torch.autocast``.
     """
 
     def __init__(self, denoiser: Denoiser, classifier: nn.Module, *, num_classes: int, sigma: float,
                  local_sigma: float, m: int, image_shape: tuple[int, int, int], batch: int = PAPER_BATCH,
-                 seed: int = 0) -> None:
-        self.denoiser, self.classifier = denoiser, classifier
+                 seed: int = 0, autocast: torch.dtype | None = None) -> None:
+        if autocast not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast!r}")
+        self.denoiser, self.classifier, self.autocast = denoiser, classifier, autocast
         self.num_classes, self.sigma, self.local_sigma, self.m, self.batch = num_classes, sigma, local_sigma, m, batch
         self.coef = denoiser.coefficients(sigma)
         device = next(denoiser.unet.parameters()).device
@@ -55,13 +64,19 @@ class PaperBaseline:
         self.local_noise = torch.randn((m, *image_shape), generator=gen).to(device)
         torch.manual_seed(seed)
 
+    def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast)
+
     @torch.no_grad()
     def purify(self, noisy: torch.Tensor) -> torch.Tensor:
         """One-shot denoise of noisy [B, C, H, W] (pixels plus noise) -> x_hat in [0, 1]."""
         c = self.coef
         x_t = c.sqrt_alpha_bar * (2 * noisy - 1)
         t = torch.full((noisy.shape[0],), c.model_t, dtype=torch.float32, device=noisy.device)
-        eps = self.denoiser.unet(x_t, t)[:, : noisy.shape[1]]
+        with self._precision(x_t):
+            eps = self.denoiser.unet(x_t, t)[:, : noisy.shape[1]].float()
         x0 = (c.sqrt_recip_alpha_bar * x_t - c.sqrt_recipm1_alpha_bar * eps).clamp(-1, 1)
         return (x0 + 1) / 2
 
@@ -71,7 +86,9 @@ class PaperBaseline:
         x_hat = self.purify(noisy)
         probs = torch.zeros((noisy.shape[0], self.num_classes), device=noisy.device)
         for j in range(self.m):
-            probs += torch.softmax(self.classifier(x_hat + self.local_sigma * self.local_noise[j]), dim=1)
+            with self._precision(x_hat):
+                logits = self.classifier(x_hat + self.local_sigma * self.local_noise[j])
+            probs += torch.softmax(logits.float(), dim=1)  # summed in float32 under autocast too
         return probs
 
     @torch.no_grad()
@@ -88,8 +105,12 @@ class PaperBaseline:
             counts += np.bincount(predictions, minlength=self.num_classes)
         return counts
 
+    def decide(self, counts0: np.ndarray, counts: np.ndarray, n: int, alpha: float) -> tuple[int, float]:
+        """(prediction, radius) from the selection counts and the n estimation samples' counts."""
+        c_a = int(counts0.argmax())
+        return stats.certify_decision(c_a, int(counts[c_a]), n, alpha, self.sigma)
+
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float) -> tuple[int, float]:
         """(prediction, radius) of x [C, H, W] from n0 selection and n estimation samples."""
-        c_a = int(self.sample_counts(x, n0).argmax())
-        n_a = int(self.sample_counts(x, n)[c_a])
-        return stats.certify_decision(c_a, n_a, n, alpha, self.sigma)
+        counts0 = self.sample_counts(x, n0)
+        return self.decide(counts0, self.sample_counts(x, n), n, alpha)
