@@ -14,7 +14,8 @@ from diffsmooth_fast import Smooth
 from diffsmooth_fast.diffusion.denoiser import Denoiser
 from diffsmooth_fast.diffusion.reverse import ReverseProcess, reverse_timesteps
 from diffsmooth_fast.diffusion.schedule import space_timesteps
-from diffsmooth_fast.engine.method import KIND_LOCAL, MethodConfig, PurifiedClassifier, classifier_stream
+from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
+from diffsmooth_fast.smoothing.noise_address import KIND_LOCAL, classifier_stream
 from diffsmooth_fast.ops import gaussian_noise
 from diffsmooth_fast.smoothing.noise_address import PHASE_ESTIMATION, SamplePositions
 
@@ -231,3 +232,14 @@ def test_pipeline_refuses_missing_or_extra_denoiser(denoiser):
         PurifiedClassifier(MethodConfig("cohen"), Linear(), denoiser)
     with pytest.raises(ValueError, match="positions"):
         PurifiedClassifier(MethodConfig("local-only", local_noise="fresh"), Linear())(batch())
+
+
+def test_smooth_takes_sigma_from_the_method_and_refuses_another():
+    base = PurifiedClassifier(MethodConfig("cohen", sigma=0.25), Linear())
+    assert Smooth(base, 4).sigma == 0.25 == Smooth(base, 4, sigma=0.25).sigma
+    with pytest.raises(ValueError, match="differs from the base classifier's method sigma 0.25"):
+        Smooth(base, 4, sigma=0.5)
+    with pytest.raises(ValueError, match="sigma is required"):
+        Smooth(Linear(), 4)  # a plain model was built for no sigma
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        Smooth(Linear(), 4, sigma=float("nan"))
