@@ -109,7 +109,9 @@ def controls_run(e2e, tmp_path_factory):
     Events: "warm" when a run's warm-up starts, "clock" when its clock starts, (who, phase, batch size) per batch
     its networks see (the engine's phase from its sample_counts call; the baseline's phases are not told apart)."""
     events: list = []
-    real_counts, real_sum, real_warm = e2e.Smooth.sample_counts, e2e.PaperBaseline.softmax_sum, e2e.warm_up
+    from diffsmooth_fast.bench import timing  # warm_up lives there: time_run calls it
+
+    real_counts, real_sum, real_warm = e2e.Smooth.sample_counts, e2e.PaperBaseline.softmax_sum, timing.warm_up
 
     def sample_counts(self, x, num, batch_size, **kw):
         start = kw.get("start", 0)
@@ -131,7 +133,7 @@ def controls_run(e2e, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(e2e.Smooth, "sample_counts", sample_counts)
         mp.setattr(e2e.PaperBaseline, "softmax_sum", softmax_sum)
-        mp.setattr(e2e, "warm_up", warm_up)
+        mp.setattr(timing, "warm_up", warm_up)
         record = e2e.main(["--device", "cpu", "--quick", "--tiny", "--images", "1", "--dtype", "float32",
                            "--baseline-batch", "8", "--controls", "--json",
                            str(tmp_path_factory.mktemp("controls") / "c.json")])

@@ -69,256 +69,36 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from diffsmooth_fast.bench import record as record_info
 from diffsmooth_fast.bench.paper_baseline import PAPER_BATCH, PaperBaseline
 from diffsmooth_fast.bench.record import REPO
+from diffsmooth_fast.bench.setups import SETUPS, TINY, build_models, counted_gflops, load_images
+from diffsmooth_fast.bench.timing import (
+    PEAK_FLOPS,
+    WARMUP_ROUNDS,
+    BaselineCertifier,
+    EngineCertifier,
+    summarise,
+    time_run,
+)
 from diffsmooth_fast.diffusion.denoiser import Denoiser
-from diffsmooth_fast.diffusion.openai_flags import OpenAIFlags, openai_flags, preset
 from diffsmooth_fast.engine.counting import CountingPath
 from diffsmooth_fast.engine.method import MethodConfig, PurifiedClassifier
 from diffsmooth_fast.engine.options import EngineOptions, assemble
-from diffsmooth_fast.models.classifiers import InputNormalization, NormalizedClassifier
-from diffsmooth_fast.models.resnet import build_architecture
-from diffsmooth_fast.models.unet import UNet
 from diffsmooth_fast.ops import BACKENDS, resolve_backend
-from diffsmooth_fast.smoothing import stats
-from diffsmooth_fast.smoothing.certify import PHASE_ESTIMATION, PHASE_SELECTION, Smooth
+from diffsmooth_fast.smoothing.certify import Smooth
 
 # Records go to the checkout's benchmarks/results/ when the package runs from one, else to the current folder.
 RESULTS = os.path.join(REPO, "benchmarks", "results") if os.path.isdir(os.path.join(REPO, "benchmarks")) else "."
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16 tensor-core peak (REFERENCE.md): the MFU denominator
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # CPU float16 convolutions are a slow fallback path in PyTorch: timing them says nothing about the engine.
 DEFAULT_DTYPES = {"cuda": ["bfloat16", "float16", "float32"], "cpu": ["float32", "bfloat16"]}
-WARMUP_ROUNDS = 2  # the second call of a shape is the first steady one (allocator, cuDNN heuristics, graph replay)
-CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# A UNet small enough for a CPU (the tests' tiny model): GroupNorm needs 32-channel multiples.
-TINY_UNET = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
-             "attention_resolutions": "16", "num_heads": 2, "learn_sigma": True, "diffusion_steps": 1000,
-             "noise_schedule": "linear"}
-DEMO_CLASSIFIER_NOISE = 0.25  # the shipped classifier for DiffSmooth at sigma = 0.25 (shipped.classifier_noise_for)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One benchmark configuration. GFLOPs are per forward pass of one image (None: counted with
-    FlopCounterMode); ``local_sigma_shift`` is the paper's shift of sigma' at sigma = 0.25; ``trained``: the
-    shipped demo models on the digits instead of random weights on random images."""
-
-    name: str
-    unet_flags: OpenAIFlags
-    classifier_arch: str
-    image_size: int
-    num_classes: int
-    stats: tuple[tuple[float, ...], tuple[float, ...]]
-    n0: int
-    N: int
-    quick_n: int
-    engine_batch: int
-    local_sigma_shift: float
-    unet_gflops: float | None
-    classifier_gflops: float | None
-    trained: bool = False
-
-
-SETUPS = {
-    "cifar10": Setup("cifar10", preset("cifar10"), "cifar_resnet110", 32, 10, CIFAR_STATS, 100, 100_000, 2_000,
-                     1000, 0.03, 16.77, 0.506),
-    "imagenet": Setup("imagenet", preset("imagenet"), "resnet50", 224, 1000, IMAGENET_STATS, 100, 10_000, 200, 50,
-                      0.01, 1712.6, 8.18),
-    # N: the demo command's default (run.configs.DEFAULT_N); the normalisation comes with the checkpoint.
-    "demo": Setup("demo", preset("demo"), "digits_resnet14", 8, 10, ((), ()), 100, 1_000, 200, 100, 0.0, None,
-                  None, trained=True),
-}
-TINY = Setup("tiny", openai_flags("improved", **TINY_UNET), "cifar_resnet20", 32, 10, CIFAR_STATS, 10, 1_000, 20,
-             16, 0.03, None, None)
-
-
-def count_gflops(model: nn.Module, *inputs: torch.Tensor) -> float:
-    """FLOPs (2 per multiply-add, as REFERENCE.md counts) of one forward pass, in GFLOPs."""
-    with FlopCounterMode(display=False) as counter:
-        model(*inputs)
-    return counter.get_total_flops() / 1e9
-
-
-def counted_gflops(setup: Setup) -> dict[str, float]:
-    """Both models' GFLOPs per image counted on the meta device (no memory, no compute)."""
-    size = setup.image_size
-    with torch.device("meta"):
-        unet = UNet(setup.unet_flags.unet_config())
-        net = build_architecture(setup.classifier_arch)
-        x, t = torch.empty(1, 3, size, size), torch.zeros(1)
-    return {"unet": count_gflops(unet, x, t), "classifier": count_gflops(net, x)}
-
-
-def build_models(setup: Setup, device: torch.device, seed: int) -> tuple[Denoiser, nn.Module]:
-    """The float32 denoiser and classifier: the shipped demo models, or PyTorch's default random initialisation
-    (seeded)."""
-    if setup.trained:
-        from diffsmooth_fast.models import shipped
-        from diffsmooth_fast.models.classifiers import load_classifier
-
-        denoiser = Denoiser.from_preset("demo", str(shipped.DIFFUSION_CHECKPOINT), device=device)
-        classifier = load_classifier(shipped.classifier_checkpoint(DEMO_CLASSIFIER_NOISE)).to(device)
-    else:
-        torch.manual_seed(seed)
-        with torch.device(device):
-            unet = UNet(setup.unet_flags.unet_config())
-            net = build_architecture(setup.classifier_arch)
-        mean, std = setup.stats
-        classifier = NormalizedClassifier(InputNormalization("normalize", mean, std), net).to(device)
-        denoiser = Denoiser(unet, setup.unet_flags)
-    for model in (denoiser.unet, classifier):
-        model.eval().requires_grad_(False)
-    return denoiser, classifier
-
-
-def load_images(setup: Setup, count: int, seed: int, device: torch.device) -> tuple[torch.Tensor, list[int] | None]:
-    """Images [count, 3, H, W] in [0, 1] and their labels: the first digits test images for the demo, uniform
-    random pixels (no labels) otherwise."""
-    if setup.trained:
-        from diffsmooth_fast.data import digits
-
-        data = digits.test_set()
-        if count > len(data):
-            raise ValueError(f"--images {count}: the digits test split has {len(data)} images")
-        items = [data[i] for i in range(count)]
-        return torch.stack([torch.as_tensor(x) for x, _ in items]).to(device), [int(y) for _, y in items]
-    gen = torch.Generator().manual_seed(seed + 1)
-    return torch.rand((count, 3, setup.image_size, setup.image_size), generator=gen).to(device), None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def batch_sizes(num: int, batch: int) -> list[int]:
-    """The distinct batch sizes in which ``num`` samples are drawn ``batch`` at a time (full batches, then the
-    rest), largest first: the shapes a phase of ``num`` samples shows the networks."""
-    full, rest = divmod(num, batch)
-    return ([batch] if full else []) + ([rest] if rest else [])
-
-
-class EngineCertifier:
-    """Cohen's CERTIFY with :class:`Smooth`, split into the parts the clock times: the same calls and the same
-    single host read per image as ``Smooth.certify`` (so the same certificates)."""
-
-    def __init__(self, smooth: Smooth, batch: int, alpha: float) -> None:
-        self.smooth, self.batch, self.alpha = smooth, batch, alpha
-        self.status: torch.Tensor | None = None
-
-    def select(self, x: torch.Tensor, idx: int, num: int) -> torch.Tensor:
-        # Non-finite logits set bits here on the device; they are read with the counts, at the image's one sync.
-        self.status = torch.zeros((), dtype=torch.int64, device=x.device)
-        return self.smooth.sample_counts(x, num, self.batch, idx=idx, phase=PHASE_SELECTION, status=self.status)
-
-    def estimate(self, x: torch.Tensor, idx: int, num: int) -> torch.Tensor:
-        return self.smooth.sample_counts(x, num, self.batch, idx=idx, phase=PHASE_ESTIMATION, status=self.status)
-
-    def decide(self, counts0: torch.Tensor, counts: torch.Tensor, n: int) -> tuple[int, float]:
-        c_a = counts0.argmax()  # first maximum on ties, as Smooth.certify
-        n_a = counts.gather(0, c_a.view(1)).view(())  # not counts[c_a]: that would be a second host sync
-        c_a, n_a, flags = torch.stack([c_a, n_a, self.status]).tolist()  # the one host read of the image
-        if flags:
-            raise ValueError("base classifier returned NaN or infinite logits")
-        return stats.certify_decision(c_a, n_a, n, self.alpha, self.smooth.sigma)
-
-
-class BaselineCertifier:
-    """The paper-style baseline's CERTIFY in the same three parts (its counts are on the host already)."""
-
-    def __init__(self, baseline: PaperBaseline, alpha: float) -> None:
-        self.baseline, self.batch, self.alpha = baseline, baseline.batch, alpha
-
-    def select(self, x: torch.Tensor, idx: int, num: int) -> np.ndarray:
-        return self.baseline.sample_counts(x, num)
-
-    def estimate(self, x: torch.Tensor, idx: int, num: int) -> np.ndarray:
-        return self.baseline.sample_counts(x, num)
-
-    def decide(self, counts0: np.ndarray, counts: np.ndarray, n: int) -> tuple[int, float]:
-        return self.baseline.decide(counts0, counts, n, self.alpha)
-
-
-def warm_up(certifier, x: torch.Tensor, idx: int, n0: int, n: int, rounds: int = WARMUP_ROUNDS) -> dict:
-    """Draw one batch of every size the timed phases will draw, ``rounds`` times, then decide once (untimed)."""
-    selection, estimation = batch_sizes(n0, certifier.batch), batch_sizes(n, certifier.batch)
-    for _ in range(rounds):
-        counts0 = [certifier.select(x, idx, b) for b in selection]
-        counts = [certifier.estimate(x, idx, b) for b in estimation]
-    certifier.decide(counts0[0], counts[0], estimation[0])  # one batch's counts are a valid input to the decision
-    return {"rounds": rounds, "selection_batches": selection, "estimation_batches": estimation}
-
-
-def time_run(certifier, images: torch.Tensor, n0: int, n: int, device: torch.device) -> dict:
-    """Warm ``certifier`` up on every batch shape, then certify every image, timing selection, estimation and the
-    decision separately (a device synchronisation before each clock reading)."""
-    warmup = warm_up(certifier, images[0], len(images), n0, n)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    parts = {"selection": 0.0, "estimation": 0.0, "decision": 0.0}
-    results = []
-    start = time.perf_counter()
-    for idx, x in enumerate(images):
-        t0 = time.perf_counter()
-        counts0 = certifier.select(x, idx, n0)
-        _sync(device)
-        t1 = time.perf_counter()
-        counts = certifier.estimate(x, idx, n)
-        _sync(device)
-        t2 = time.perf_counter()
-        results.append(certifier.decide(counts0, counts, n))
-        t3 = time.perf_counter()
-        parts["selection"] += t1 - t0
-        parts["estimation"] += t2 - t1
-        parts["decision"] += t3 - t2
-    elapsed = time.perf_counter() - start
-    return {
-        "warmup": warmup,
-        "measured_seconds": elapsed,
-        **{f"{part}_seconds": seconds for part, seconds in parts.items()},
-        "predictions": [int(p) for p, _ in results],
-        "radii": [float(r) for _, r in results],
-        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-    }
-
-
-def summarise(run: dict, images: int, n0: int, n: int, N: int, flops_per_sample: float) -> dict:
-    """Per image: selection (n0 samples, as measured), estimation (extrapolated to N when n < N), decision; their
-    sum; samples per second at n0 + N samples, and MFU."""
-    selection = run["selection_seconds"] / images
-    estimation = run["estimation_seconds"] / images * N / n
-    decision = run["decision_seconds"] / images
-    seconds = selection + estimation + decision
-    rate = (n0 + N) / seconds
-    run.update(
-        measured_samples_per_image=n0 + n,
-        target_samples_per_image=n0 + N,
-        extrapolated=n != N,
-        selection_seconds_per_image=selection,
-        estimation_seconds_per_image=estimation,
-        decision_seconds_per_image=decision,
-        seconds_per_image=seconds,
-        selection_samples_per_second=images * n0 / run["selection_seconds"],
-        estimation_samples_per_second=images * n / run["estimation_seconds"],
-        samples_per_second=rate,
-        mfu=flops_per_sample * rate / PEAK_FLOPS,
-    )
-    return run
-
-
 VARIANT_OPTIONS = ("amp", "fused", "norms", "cl", "graphs", "compile")
 
 
