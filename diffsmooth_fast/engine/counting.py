@@ -48,6 +48,7 @@ class CountingPath:
         self.channels_last = channels_last
         self.folds = folds_into_denoise_kernel(base.config, base.classifier, base.denoiser)
         self.step = base.denoiser.coefficients(base.config.sigma) if self.folds else None
+        self._normalization: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def smoothing_sigma(self) -> float:
@@ -96,11 +97,20 @@ class CountingPath:
                      "stream": base.local_stream(positions)}
         elif local_sigma > 0:
             local = {"local_noise": base.local_noise(x_t, positions).float()}
-        norm = base.classifier.normalization
+        mean, std = self._mean_std(x.device)
         inputs = denoise_replicate(x_t, eps, c.sqrt_recip_alpha_bar, c.sqrt_recipm1_alpha_bar, m, local_sigma,
-                                   mean=norm.mean, std=norm.std, dtype=base.networks.classifier_dtype or torch.float32,
+                                   mean=mean, std=std, dtype=base.networks.classifier_dtype or torch.float32,
                                    channels_last=self.channels_last, backend=draw["backend"], **local)
         return base.networks.classify_normalized(inputs)
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's normalisation as float32 [C] tensors on ``device``, made once: from the layer's Python
+        tuples, a copy to the GPU every batch would wait for the device each time."""
+        if device not in self._normalization:
+            norm = self.base.classifier.normalization
+            self._normalization[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device)
+                                                for v in (norm.mean, norm.std))
+        return self._normalization[device]
 
     @staticmethod
     def _flag(outputs: torch.Tensor, status: torch.Tensor) -> None:
