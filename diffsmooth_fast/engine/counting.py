@@ -26,7 +26,7 @@ import torch
 from ..ops import denoise_replicate, noisy_input, vote
 from ..smoothing.certify import LOGITS_NOT_FINITE, check_scores
 from ..smoothing.noise_address import SamplePositions
-from .method import PurifiedClassifier, folds_into_denoise_kernel
+from .method import Networks, PurifiedClassifier, folds_into_denoise_kernel
 
 
 class CountingPath:
@@ -55,7 +55,7 @@ class CountingPath:
         return self.base.smoothing_sigma
 
     @property
-    def networks(self):  # noqa: ANN201 (the base's Networks)
+    def networks(self) -> Networks:
         return self.base.networks
 
     def __call__(self, x_noisy: torch.Tensor, positions: SamplePositions | None = None) -> torch.Tensor:

@@ -30,7 +30,7 @@ from ..smoothing import stats
 from ..smoothing.certify import SampleShard
 from . import distributed, resume, tsv
 from .build import Job, build_job
-from .configs import RunSettings, SamplingConfig
+from .configs import OutputConfig, RunSettings, SamplingConfig
 from .progress import Progress
 
 SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -49,7 +49,7 @@ class _Plan:
         return self.settings.command
 
     @property
-    def output(self):  # noqa: ANN201 (an OutputConfig)
+    def output(self) -> OutputConfig:
         return self.settings.output
 
     @property
