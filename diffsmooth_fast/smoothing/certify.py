@@ -13,7 +13,7 @@ gives exactly the counts, predictions and radii of a single process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -21,7 +21,7 @@ import torch
 
 from ..checks import check_float, check_int
 from ..ops import gaussian_noise, resolve_backend
-from . import stats
+from . import sequential, stats
 from .noise_address import (
     PHASE_ESTIMATION,
     PHASE_PREDICTION,
@@ -189,6 +189,50 @@ class Smooth:
         self._raise_on(flags)
         return stats.certify_decision(c_a, n_a, n, alpha, self.sigma)
 
+    def certify_sequential(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, *, radii: Sequence[float],
+        idx: int = 0,
+    ) -> tuple[int, float, int]:
+        """CERTIFY that stops early once the image's radius on the grid ``radii`` is decided (see
+        :mod:`~diffsmooth_fast.smoothing.sequential`): with probability >= 1 - alpha, g is constant within the
+        radius returned, as for :meth:`certify`.
+
+        Selection is :meth:`certify`'s (n0 samples). Estimation draws the same samples as :meth:`certify`, in order,
+        up to n, and looks at the counts at checkpoints that depend on n alone (batches are cut there, so the
+        results do not depend on ``batch_size``), with one host sync per look.
+
+        Returns:
+            ``(prediction, radius, samples)``: the certificate at the stop (``(Smooth.ABSTAIN, 0.0, ...)`` when the
+            lower bound is below 1/2) and the number of estimation samples drawn.
+        """
+        check_int("n0", n0, 1)
+        check_int("n", n, 1)
+        alpha = check_float("alpha", alpha, above=0.0, below=1.0)
+        check_int("batch_size", batch_size, 1)
+        radii = [check_float("radius", r, minimum=0.0) for r in radii]
+        if not radii:
+            raise ValueError("radii must name at least one radius (e.g. 0, 0.25, 0.5, ...)")
+        status = self._check_x(x, idx)
+        counts0 = self._counts(x, n0, batch_size, idx, PHASE_SELECTION, status)
+        if self.shard is not None:
+            counts0, status = self._reduce(status, counts0)
+        c_a = counts0.argmax()  # first maximum on ties, like numpy
+        plan = sequential.schedule(n, alpha)
+        counts, used = torch.zeros_like(counts0), 0
+        for checkpoint in plan.checkpoints:
+            part = self._counts(x, checkpoint - used, batch_size, idx, PHASE_ESTIMATION, status, first=used)
+            if self.shard is not None:
+                part, status = self._reduce(status, part)
+            counts += part
+            used = checkpoint
+            n_a = counts.gather(0, c_a.view(1)).view(())
+            c_a_host, n_a_host, flags = torch.stack([c_a, n_a, status]).tolist()  # the look's one host sync
+            self._raise_on(flags)
+            decision = sequential.look(n_a_host, used, plan, self.sigma, radii)
+            if decision.stop:
+                break
+        return (c_a_host if decision.prediction_certified else self.ABSTAIN), decision.radius, used
+
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *, idx: int = 0) -> int:
         """Cohen's PREDICT: the top class of n samples, or ABSTAIN unless a binomial test at level alpha
         separates it from the runner-up. The probability of returning a class other than g(x) is <= alpha."""
@@ -258,10 +302,11 @@ class Smooth:
             counts.scatter_add_(0, logits.argmax(dim=1), torch.ones(b, dtype=torch.int64, device=x.device))
 
     def _counts(self, x: torch.Tensor, num: int, batch_size: int, idx: int, phase: int,
-                status: torch.Tensor) -> torch.Tensor:
-        """This process's counts of ``num`` samples: all of them, or its shard's range."""
+                status: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """This process's counts of the ``num`` samples from ``first`` on: all of them, or its shard's range."""
         start, stop = self.shard.part(num) if self.shard is not None else (0, num)
-        return self.sample_counts(x, stop - start, batch_size, idx=idx, phase=phase, status=status, start=start)
+        return self.sample_counts(x, stop - start, batch_size, idx=idx, phase=phase, status=status,
+                                  start=first + start)
 
     def _reduce(self, status: torch.Tensor, *counts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Sum ``counts`` over the shard's processes in one all-reduce, and OR their ``status`` bits (summed as

@@ -40,6 +40,16 @@ def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
     return float(beta.ppf(alpha, n_a, n - n_a + 1))
 
 
+def clopper_pearson_upper(n_a: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on p from n_a successes in n trials
+    (``beta.ppf(1 - alpha, n_a + 1, n - n_a)``; 1 when n_a == n)."""
+    _check_counts(n_a, n)
+    _check_alpha(alpha)
+    if n_a == n:
+        return 1.0
+    return float(beta.ppf(1.0 - alpha, n_a + 1, n - n_a))
+
+
 def radius(sigma: float, p_a_lower: float) -> float:
     """Certified L2 radius ``sigma * Phi^-1(p_a_lower)`` for p_a_lower in [0.5, 1)."""
     if not 0.5 <= p_a_lower < 1.0:
