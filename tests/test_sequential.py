@@ -168,3 +168,47 @@ def test_split_by_sample_over_two_processes_gives_one_process_results():
     for t in threads:
         t.join(timeout=60)
     assert got[0] == got[1] == want
+
+
+# --- the command line and the files ------------------------------------------------------------------------------
+
+def test_sequential_certify_adds_a_samples_column_and_analyze_reads_it(tmp_path, capsys):
+    import json
+
+    from diffsmooth_fast.run import tsv
+    from diffsmooth_fast.run.cli import main
+
+    args = ["certify", "--dataset", "toy", "--method", "cohen", "--sigma", "0.5", "--n0", "50", "--n", "5000",
+            "--max", "6", "--quiet"]
+    seq, fixed = tmp_path / "seq.tsv", tmp_path / "fixed.tsv"
+    assert main([*args, "--sequential", "--radii", "0,0.5,1", "--out", str(seq)]) == 0
+    assert main([*args, "--out", str(fixed)]) == 0
+    assert seq.read_text().splitlines()[0].split("\t") == [*tsv.CERTIFY_HEADER, "samples"]
+    assert fixed.read_text().splitlines()[0].split("\t") == list(tsv.CERTIFY_HEADER)
+    assert all(len(line.split("\t")) == 6 for line in fixed.read_text().splitlines())  # Cohen's six, exactly
+    rows = tsv.read_certify(seq)
+    assert len(rows) == 6 and all(1 <= r.samples <= 5000 for r in rows) and any(r.samples < 5000 for r in rows)
+    sidecar = json.loads((tmp_path / "seq.tsv.json").read_text())["settings"]
+    assert sidecar["sequential"] is True and sidecar["radii"] == [0.0, 0.5, 1.0]
+    capsys.readouterr()
+    assert main(["analyze", "--json", str(seq), str(fixed)]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert files[0]["samples_per_image"] == pytest.approx(sum(r.samples for r in rows) / 6)
+    assert files[1]["samples_per_image"] is None
+    # sequential and its grid are result settings: a fixed-n resume of a sequential file is refused
+    assert main([*args, "--out", str(seq), "--resume"]) == 2
+    assert main([*args, "--sequential", "--radii", "0,0.5", "--out", str(seq), "--resume"]) == 2
+    assert main([*args, "--sequential", "--radii", "0,0.5,1", "--max", "8", "--out", str(seq), "--resume"]) == 0
+    assert [r.idx for r in tsv.read_certify(seq)] == list(range(8))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--radii", "0,0.5"], "--radii is the grid of --sequential"),
+    (["--sequential", "--radii", "0,-1"], "--radii must be non-negative"),
+])
+def test_sequential_option_errors_are_one_line(extra, message, capsys):
+    from diffsmooth_fast.run.cli import main
+
+    assert main(["certify", "--dataset", "toy", "--method", "cohen", "--max", "1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -41,6 +41,8 @@ class Summary:
     time_per_image: float | None  # seconds
     acr: float | None = None
     certified_accuracy: dict[float, float] | None = None
+    samples_per_image: float | None = None  # sequential runs: estimation samples, mean and median per image
+    median_samples: float | None = None
 
 
 def parse_radii(text: str) -> tuple[float, ...]:
@@ -69,8 +71,11 @@ def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
         return summary
     radius, correct = [r.radius for r in rows], [r.correct for r in rows]
     acc = stats.certified_accuracy(radius, correct, list(radii))
+    samples = [r.samples for r in rows if r.samples is not None]
     return replace(summary, acr=stats.average_certified_radius(radius, correct),
-                   certified_accuracy={float(r): float(a) for r, a in zip(radii, acc)})
+                   certified_accuracy={float(r): float(a) for r, a in zip(radii, acc)},
+                   samples_per_image=float(np.mean(samples)) if samples else None,
+                   median_samples=float(np.median(samples)) if samples else None)
 
 
 def _common(path: str, kind: str, rows: list, predict: list[int]) -> Summary:
@@ -89,7 +94,8 @@ def to_json(summaries: Sequence[Summary]) -> str:
         cert = None if s.certified_accuracy is None else {str(r): a for r, a in s.certified_accuracy.items()}
         files.append({"path": s.path, "kind": s.kind, "n": s.n, "acr": s.acr, "certified_accuracy": cert,
                       "clean_accuracy": s.clean_accuracy, "abstain_rate": s.abstain_rate,
-                      "time_per_image": s.time_per_image})
+                      "time_per_image": s.time_per_image, "samples_per_image": s.samples_per_image,
+                      "median_samples": s.median_samples})
     return json.dumps({"files": files}, indent=2)
 
 
@@ -138,6 +144,10 @@ def to_text(summaries: Sequence[Summary], radii: Sequence[float], *, markdown: b
             cell = _cell(value, col)
             cells.append(f"**{cell}**" if markdown and _is_best(value, best[col]) else cell)
         rows.append(cells)
+    if any(s.samples_per_image is not None for s in summaries):  # sequential runs: what they cost
+        cols.append("samples/img")
+        for cells, s in zip(rows, summaries):
+            cells.append("-" if s.samples_per_image is None else f"{s.samples_per_image:.0f}")
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])

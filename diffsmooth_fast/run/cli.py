@@ -118,6 +118,12 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
         smooth.add_argument("--n0", type=int, default=_default(SamplingConfig, "n0"), help="selection samples per image")
     smooth.add_argument("--n", type=int, help=("estimation samples per image" if command == "certify" else
                         "samples per image") + " (default 10000; 1000 on the demo)")
+    if command == "certify":
+        smooth.add_argument("--sequential", action="store_true", help="stop each image's estimation once its radius "
+                            "on the --radii grid is decided (--n is the budget; a 'samples' column records the "
+                            "samples used)")
+        smooth.add_argument("--radii", help="--sequential's grid: cifar10 or imagenet (the paper's tables) or "
+                            "0,0.25,... (default: imagenet's on imagenet, else cifar10's)")
     smooth.add_argument("--alpha", type=float, default=_default(SamplingConfig, "alpha"), help="failure probability per image")
     smooth.add_argument("--batch", type=_batch, default=_default(EngineOptions, "batch"), help="noisy samples per base-classifier call (the "
                         "classifier sees batch*m images), or auto: the largest that fits the GPU's free memory "
@@ -174,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _radii(args: argparse.Namespace, dataset: str) -> tuple[float, ...]:
+    """--sequential's grid: the one given, or the paper's table for the dataset."""
+    text = getattr(args, "radii", None)
+    if text is None:
+        sequential = getattr(args, "sequential", False)  # predict has neither option
+        return analyze.PAPER_RADII["imagenet" if dataset == "imagenet" else "cifar10"] if sequential else ()
+    return analyze.parse_radii(text)
+
+
 def _settings(args: argparse.Namespace) -> RunSettings:
     """The run's settings from the parsed options: the dataset's and method's defaults, then :func:`resolve`."""
     has_models = args.classifier is not None or args.denoiser is not None or args.data is not None
@@ -193,7 +208,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
                     args.normalization, args.trust_checkpoint),
         MethodConfig(method, args.sigma, args.local_sigma, args.local_sigma_shift, args.m, args.local_noise,
                      args.reverse_steps, args.reverse_runs),
-        SamplingConfig(getattr(args, "n0", _default(SamplingConfig, "n0")), n, args.alpha, args.seed),
+        SamplingConfig(getattr(args, "n0", _default(SamplingConfig, "n0")), n, args.alpha, args.seed,
+                       getattr(args, "sequential", False), _radii(args, dataset)),
         EngineOptions(args.dtype, args.autocast, args.fused, args.fuse_norms, args.channels_last, args.cuda_graphs,
                       args.compile, args.backend, args.batch, args.device),
         OutputConfig(args.out, args.resume, args.overwrite, args.quiet),

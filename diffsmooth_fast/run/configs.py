@@ -95,18 +95,27 @@ class ModelConfig:
 @dataclass(frozen=True)
 class SamplingConfig:
     """Cohen's sampling: n0 selection and n estimation samples (predict uses n), failure probability alpha and
-    the noise ``seed`` (with an image's index it fixes all of the image's noise)."""
+    the noise ``seed`` (with an image's index it fixes all of the image's noise). With ``sequential``, certify
+    stops each image's estimation once its radius on the grid ``radii`` is decided, n being the budget
+    (:meth:`~diffsmooth_fast.Smooth.certify_sequential`)."""
 
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
     seed: int = 0
+    sequential: bool = False
+    radii: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_int("--n0", self.n0, 1)
         check_int("--n", self.n, 1)
         check_float("--alpha", self.alpha, above=0.0, below=1.0)
         check_int("--seed", self.seed, 0, below=2**64)
+        if self.sequential and not self.radii:
+            raise ValueError("--sequential decides each image's radius on a grid: give --radii (cifar10, imagenet "
+                             "or 0,0.25,...)")
+        if self.radii and not self.sequential:
+            raise ValueError("--radii is the grid of --sequential; add --sequential (analyze takes its own --radii)")
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,8 @@ class RunSettings:
         if self.command == "certify":
             settings["n0"] = sampling.n0
         settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, **self.engine.result_settings())
+        if sampling.sequential:  # only when set, so that fixed-n files written before the option still resume
+            settings.update(sequential=True, radii=list(sampling.radii))
         if method.uses_denoiser:
             flags = models.flags(data.dataset)
             settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),
@@ -250,6 +261,8 @@ def resolve(command: str, data: DataConfig, models: ModelConfig, method: MethodC
     """
     if command not in ("certify", "predict"):
         raise ValueError(f"unknown command {command!r}")
+    if command == "predict" and sampling.sequential:
+        raise ValueError("--sequential applies to certify (predict has no radius to decide)")
     if command == "certify" and sampling.n < sampling.n0:
         raise ValueError(f"--n {sampling.n} is below --n0 {sampling.n0}: n estimation samples bound the "
                          f"probability, n0 only select the class (swapped?)")

@@ -54,7 +54,9 @@ class _Plan:
 
     @property
     def header(self) -> tuple[str, ...]:
-        return tsv.CERTIFY_HEADER if self.command == "certify" else tsv.PREDICT_HEADER
+        if self.command == "predict":
+            return tsv.PREDICT_HEADER
+        return tsv.SEQUENTIAL_HEADER if self.settings.sampling.sequential else tsv.CERTIFY_HEADER
 
     def result_settings(self) -> dict[str, object]:
         return self.settings.result_settings()
@@ -227,7 +229,11 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
     x = x.to(job.device)
     start = time.perf_counter()
     try:
-        if command == "certify":
+        samples = None
+        if command == "certify" and sampling.sequential:
+            pred, radius, samples = job.smooth.certify_sequential(x, sampling.n0, sampling.n, sampling.alpha,
+                                                                  job.batch, radii=sampling.radii, idx=idx)
+        elif command == "certify":
             pred, radius = job.smooth.certify(x, sampling.n0, sampling.n, sampling.alpha, job.batch, idx=idx)
         else:
             pred = job.smooth.predict(x, sampling.n, sampling.alpha, job.batch, idx=idx)
@@ -236,7 +242,7 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
     elapsed = time.perf_counter() - start
     label = int(label)
     if command == "certify":
-        return tsv.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed)
+        return tsv.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed, samples)
     return tsv.PredictRow(idx, label, pred, int(pred == label), elapsed)
 
 

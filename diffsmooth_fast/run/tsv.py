@@ -15,6 +15,8 @@ from typing import TextIO
 
 CERTIFY_HEADER = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_HEADER = ("idx", "label", "predict", "correct", "time")
+# Sequential certify runs add the estimation samples each image used; fixed runs keep Cohen's six columns exactly.
+SEQUENTIAL_HEADER = (*CERTIFY_HEADER, "samples")
 
 _TIMEDELTA = re.compile(r"^(?:(?P<days>-?\d+) days?, )?(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?)$")
 
@@ -29,12 +31,14 @@ class CertifyRow:
     radius: float
     correct: int
     time: float  # seconds
+    samples: int | None = None  # estimation samples drawn (sequential runs only)
 
 
 def format_certify_row(row: CertifyRow) -> str:
     """The TSV line of ``row`` (without newline), formatted exactly as Cohen et al.'s certify.py."""
     elapsed = datetime.timedelta(seconds=row.time)
-    return f"{row.idx}\t{row.label}\t{row.predict}\t{row.radius:.3}\t{row.correct}\t{elapsed}"
+    line = f"{row.idx}\t{row.label}\t{row.predict}\t{row.radius:.3}\t{row.correct}\t{elapsed}"
+    return line if row.samples is None else f"{line}\t{row.samples}"
 
 
 def parse_time(text: str) -> float:
@@ -94,7 +98,8 @@ def read_certify(path: str | os.PathLike[str], *, torn_tail: bool = False) -> li
     With ``torn_tail``, a last line without its newline that does not parse (a run killed mid-write) is
     dropped instead of raising.
     """
-    return _read_table(path, CERTIFY_HEADER, "certify", _certify_row, torn_tail)
+    header = SEQUENTIAL_HEADER if read_header(path) == SEQUENTIAL_HEADER else CERTIFY_HEADER
+    return _read_table(path, header, "certify", _certify_row, torn_tail)
 
 
 def read_predict(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[PredictRow]:
@@ -110,7 +115,8 @@ def read_header(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 def _certify_row(fields: list[str]) -> CertifyRow:
     return CertifyRow(idx=int(fields[0]), label=int(fields[1]), predict=int(fields[2]), radius=float(fields[3]),
-                      correct=int(fields[4]), time=parse_time(fields[5]))
+                      correct=int(fields[4]), time=parse_time(fields[5]),
+                      samples=int(fields[6]) if len(fields) > 6 else None)
 
 
 def _predict_row(fields: list[str]) -> PredictRow:
