@@ -9,26 +9,12 @@ import math
 import pytest
 import torch
 from scipy.stats import norm
-from torch import nn
 
 from diffsmooth_fast import Smooth
-from diffsmooth_fast.data.toy import make_toy
+from diffsmooth_fast.data.toy import Halfspace, make_toy
 from diffsmooth_fast.smoothing import sequential, stats
 
 SIGMA = 0.25
-
-
-class Halfspace(nn.Module):
-    """f(x) = 0 if <w, x> + b > 0 else 1, with |w| = 1: g's exact radius at x is the distance |<w, x> + b|."""
-
-    def __init__(self, w: torch.Tensor, b: float) -> None:
-        super().__init__()
-        self.register_buffer("w", w)
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        margin = (x * self.w).flatten(1).sum(1) + self.b
-        return torch.stack([margin, -margin], dim=1)
 
 
 def near_a_grid_radius(distance: float) -> tuple[Halfspace, torch.Tensor]:

@@ -25,7 +25,10 @@ class ToyProblem:
     num_classes: int = 2
 
 
-class _Halfspace(nn.Module):
+class Halfspace(nn.Module):
+    """f(x) = 0 if <w, x> + b > 0 else 1: logits [B, 2] = (margin, -margin); with |w| = 1 the smoothed classifier's
+    exact radius at x is the distance |<w, x> + b| to the plane."""
+
     def __init__(self, w: torch.Tensor, b: float) -> None:
         super().__init__()
         self.register_buffer("w", w)
@@ -48,7 +51,7 @@ def make_toy(num_images: int = 20, shape: tuple[int, int, int] = (3, 8, 8), seed
     jitter -= (jitter * w).flatten(1).sum(1).view(-1, 1, 1, 1) * w  # keep the distance to the plane
     images = (gray + distances.view(-1, 1, 1, 1) * w + jitter).clamp(0.0, 1.0)
     signed = (images * w).flatten(1).sum(1) + b  # exact, after clamping
-    model = _Halfspace(w.float(), b).eval()
+    model = Halfspace(w.float(), b).eval()
     return ToyProblem(
         model=model,
         images=images.float(),

@@ -98,13 +98,12 @@ def read_certify(path: str | os.PathLike[str], *, torn_tail: bool = False) -> li
     With ``torn_tail``, a last line without its newline that does not parse (a run killed mid-write) is
     dropped instead of raising.
     """
-    header = SEQUENTIAL_HEADER if read_header(path) == SEQUENTIAL_HEADER else CERTIFY_HEADER
-    return _read_table(path, header, "certify", _certify_row, torn_tail)
+    return _read_table(path, (CERTIFY_HEADER, SEQUENTIAL_HEADER), "certify", _certify_row, torn_tail)
 
 
 def read_predict(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[PredictRow]:
     """All rows of a predict TSV (``idx label predict correct time``); see :func:`read_certify`."""
-    return _read_table(path, PREDICT_HEADER, "predict", _predict_row, torn_tail)
+    return _read_table(path, (PREDICT_HEADER,), "predict", _predict_row, torn_tail)
 
 
 def read_header(path: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -138,11 +137,14 @@ def _read_lines(path: str, what: str) -> tuple[list[str], bool]:
     return text.splitlines(), text.endswith(("\n", "\r"))
 
 
-def _read_table(path: str | os.PathLike[str], header: tuple[str, ...], what: str, parse, torn_tail: bool) -> list:
+def _read_table(path: str | os.PathLike[str], headers: tuple[tuple[str, ...], ...], what: str, parse,
+                torn_tail: bool) -> list:
+    """The rows of a file whose header is one of ``headers`` (the first is the one an error names)."""
     path = os.fspath(path)
     lines, terminated = _read_lines(path, what)
-    if not lines or tuple(lines[0].split("\t")) != header:
-        raise ValueError(f"{path}: not a {what} file (expected the header {' '.join(header)})")
+    header = tuple(lines[0].split("\t")) if lines else ()
+    if header not in headers:
+        raise ValueError(f"{path}: not a {what} file (expected the header {' '.join(headers[0])})")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
