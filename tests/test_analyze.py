@@ -22,9 +22,15 @@ HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
 
 
 def run_json(capsys, *args) -> dict:
+    return run_json_err(capsys, *args)[0]
+
+
+def run_json_err(capsys, *args) -> tuple[dict, str]:
+    """analyze --json: the JSON and stderr."""
     capsys.readouterr()
     assert main(["analyze", *map(str, args), "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
 
 
 @needs_fixtures
@@ -117,3 +123,63 @@ def test_errors(tmp_path, capsys, args, match):
     assert main(["analyze", *[a.format(dir=tmp_path, run=run) for a in args]]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+def test_rows_no_run_writes_are_reported_and_counted_once(tmp_path, capsys):
+    """Two writers and cat: a repeated idx, a second header, a short row; each named on stderr by its line, and
+    every image counted once."""
+    run = tmp_path / "run.tsv"
+    rows = "0\t1\t1\t0.5\t1\t0:00:02\n1\t3\t3\t0.9\t1\t0:00:02\n"
+    run.write_text(HEADER + rows + HEADER + rows + "2\t1\t1\t0.5\n")
+    files, err = run_json_err(capsys, run, "--radii", "0,0.5")
+    (summary,) = files["files"]
+    assert summary["n"] == 2 and summary["acr"] == 0.7  # not 4 rows, not 1.4 / 4
+    assert err.splitlines() == [f"warning: {run}:4: a second header line (files joined with cat?); not counted",
+                   f"warning: {run}:7: expected 6 tab-separated fields, got 4; not counted",
+                   f"warning: {run}:5: idx 0 again (first on line 2); not counted",
+                   f"warning: {run}:6: idx 1 again (first on line 3); not counted"]
+
+
+def test_rows_outside_the_run_of_the_sidecar_are_left_out(tmp_path, capsys):
+    """With the run's sidecar analyze knows its images (every skip-th, as many as a session asked for)."""
+    out = tmp_path / "run.tsv"
+    assert main(["certify", "--dataset", "toy", "--n0", "20", "--n", "200", "--skip", "2", "--max", "3", "--quiet",
+                 "--out", str(out)]) == 0
+    with open(out, "a") as f:
+        f.write("3\t1\t1\t0.5\t1\t0:00:01\n8\t1\t1\t0.5\t1\t0:00:01\n")
+    files, err = run_json_err(capsys, out)
+    (summary,) = files["files"]
+    assert summary["n"] == 3
+    assert f"{out}:5: idx 3 is not one of the run's images (0, 2, 4); not counted" in err
+    assert f"{out}:6: idx 8 is not one of the run's images" in err and err.count("\n") == 2
+
+
+def test_contradicting_rows_are_reported(tmp_path, capsys):
+    run = tmp_path / "run.tsv"
+    run.write_text(HEADER + "0\t1\t1\t0.5\t0\t0:00:02\n1\t3\t-1\t0.0\t1\t0:00:02\n2\t3\t3\t-0.5\t1\t0:00:02\n"
+                   "3\t3\t3\tnan\t1\t0:00:02\n4\t2\t2\t0.5\t1\t0:00:02\n")
+    files, err = run_json_err(capsys, run)
+    (summary,) = files["files"]
+    assert summary["n"] == 5
+    assert f"{run}:2: correct is 0 but label 1 and predict 1 make it 1" in err
+    assert f"{run}:3: correct is 1 but label 3 and predict -1 make it 0" in err
+    assert f"{run}:4: radius -0.5 is negative or not a number" in err
+    assert f"{run}:5: radius nan is negative or not a number" in err and err.count("\n") == 4
+
+
+@pytest.mark.parametrize("header,row", [(HEADER, "\t-1\t0.0\t1\t0:00:02\n"),
+                                        ("idx\tlabel\tpredict\tcorrect\ttime\n", "\t-1\t1\t0:00:02\n")])
+def test_unlabelled_files_have_no_accuracy(tmp_path, capsys, header, row):
+    """Files written before abstentions on unlabelled images were no longer counted correct: label -1, predict -1,
+    correct 1. Accuracy is not defined without labels, and the rows are flagged."""
+    run = tmp_path / "run.tsv"
+    run.write_text(header + "".join(f"{i}\t-1{row}" for i in range(3)))
+    files, err = run_json_err(capsys, run)
+    (summary,) = files["files"]
+    assert summary["n"] == 3 and summary["labelled"] is False and summary["abstain_rate"] == 1.0
+    assert summary["clean_accuracy"] is None and summary["acr"] is None and summary["certified_accuracy"] is None
+    assert f"{run}: no row has a label (label -1): accuracy is not defined" in err
+    assert f"{run}:2: correct is 1 but label -1 and predict -1 make it 0" in err
+    assert main(["analyze", str(run)]) == 0  # the table shows no accuracy
+    cells = capsys.readouterr().out.splitlines()[1].split()
+    assert cells[1:4] == ["3", "-", "1.000"] and set(cells[5:]) == {"-"}  # n, clean acc, abstain; ACR and radii

@@ -15,6 +15,7 @@ from diffsmooth_fast.run.tsv import (
     format_certify_row,
     parse_time,
     read_certify,
+    read_numbered,
     write_certify_header,
     write_certify_row,
 )
@@ -255,6 +256,33 @@ def test_read_bad_value_names_file_and_line(tmp_path, bad_line):
     path.write_text(HEADER_LINE + "\n0\t3\t3\t0.378\t1\t15.4\n\n" + bad_line + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"values\.tsv:4: "):
         read_certify(path)
+
+
+def test_read_second_header_says_so(tmp_path):
+    """Two files joined with cat: the second header is named as such, not as a bad idx."""
+    path = tmp_path / "joined.tsv"
+    body = HEADER_LINE + "\n0\t3\t3\t0.378\t1\t15.4\n"
+    path.write_text(body + body, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"joined\.tsv:3: a second header line \(files joined with cat\?\)"):
+        read_certify(path)
+
+
+def test_read_numbered_collects_problems_and_keeps_line_numbers(tmp_path):
+    path = tmp_path / "mixed.tsv"
+    path.write_text(HEADER_LINE + "\n0\t3\t3\t0.378\t1\t15.4\n\n" + HEADER_LINE + "\n1\t2\t2\t0.5\t1\n"
+                    "2\t2\tx\t0.5\t1\t1.0\n3\t2\t2\t0.5\t1\t1.0\n4\t2\t2", encoding="utf-8")
+    problems = []
+    header, rows = read_numbered(path, torn_tail=True, problems=problems)
+    assert header == CERTIFY_HEADER and [(line, row.idx) for line, row in rows] == [(2, 0), (7, 3)]
+    assert [line for line, _ in problems] == [4, 5, 6]  # the torn last line (8) is no problem
+    assert "second header" in problems[0][1] and "got 5" in problems[1][1] and "'x'" in problems[2][1]
+    _, predict = read_numbered(_write(tmp_path / "p.tsv", "\t".join(PREDICT_HEADER) + "\n0\t1\t1\t1\t2.0\n"))
+    assert predict[0][1].correct == 1 and predict[0][0] == 2
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------

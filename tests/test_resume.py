@@ -102,8 +102,9 @@ def test_existing_output_is_never_overwritten(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change,named", [
-    (["--sigma", "0.5"], "sigma 0.25 -> 0.5"), (["--n", "2000"], "n 1000 -> 2000"), (["--skip", "2"], "skip 1 -> 2"),
-    (["--seed", "4"], "seed 3 -> 4"), (["--method", "local-only"], "method"),
+    (["--sigma", "0.5"], ["sigma: 0.25 -> 0.5"]), (["--n", "2000"], ["n: 1000 -> 2000"]),
+    (["--skip", "2"], ["skip: 1 -> 2"]), (["--seed", "4"], ["seed: 3 -> 4"]),
+    (["--method", "local-only"], ["method: cohen -> local-only", "local_noise: (none) -> fixed"]),
 ])
 def test_resume_with_other_settings_is_refused(tmp_path, capsys, change, named):
     out = tmp_path / "run.tsv"
@@ -114,7 +115,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys, change, named):
     capsys.readouterr()
     assert main([*TOY, "--max", "2", *change, "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "refusing to resume" in err and named in err and err.count("\n") == 1
+    assert "refusing to resume" in err and all(n in err for n in named) and err.count("\n") == 1
+    if change[0] != "--method":  # (a method brings settings of its own)
+        assert err.split("differ: ")[1].split("; rerun")[0] == named[0]  # only what differs, once
+        assert len(err) - len(str(out)) < 150
     assert snapshot(out, f"{out}.json") == before
 
 
@@ -164,3 +168,97 @@ def test_repair_refuses_other_files(tmp_path):
     path.write_text("idx\tlabel\tpredict\tcorrect\ttime\n")
     with pytest.raises(ValueError, match="does not start with the header"):
         repair(str(path), io.CERTIFY_HEADER)
+
+
+def test_refusal_lists_one_changed_flag_once(models, tmp_path, capsys):
+    """A denoiser flag that differs is named alone (the refusal used to print the flags dictionary twice)."""
+    out = tmp_path / "run.tsv"
+    assert main([*diffsmooth(models), "--max", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*diffsmooth(models), "--max", "1", "--dropout", "0.1", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.split("differ: ")[1].split("; rerun")[0] == "denoiser.flags.dropout: 0.0 -> 0.1"
+    assert len(err) - len(str(out)) < 200 and err.count("\n") == 1
+
+
+def test_moved_checkpoints_resume_other_content_is_refused(models, tmp_path, capsys):
+    """Checkpoints are recorded by content: the same files at another path resume (and a line says so); a file
+    with other content at the recorded path is refused."""
+    full, part = tmp_path / "full.tsv", tmp_path / "part.tsv"
+    assert main([*diffsmooth(models), "--out", str(full)]) == 0
+    lines = open(full).read().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]))
+    shutil.copy(f"{full}.json", f"{part}.json")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    paths = {key: str(shutil.copy(models[key], moved / os.path.basename(models[key]))) for key in ("unet", "clf")}
+    args = [a if a not in (models["unet"], models["clf"]) else
+            paths["unet" if a == models["unet"] else "clf"] for a in diffsmooth(models)]
+    capsys.readouterr()
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "has the content recorded for" in line]
+    assert len(notes) == 2 and any(paths["clf"] in n and models["clf"] in n for n in notes)
+    assert strip_time(part) == strip_time(full)
+    settings = json.load(open(f"{part}.json"))["settings"]
+    assert settings["classifier"]["path"] == paths["clf"]  # the sidecar now says where the files are
+    assert len(json.load(open(f"{part}.json"))["runs"]) == 2  # the first session is kept: one run
+    save_halfspace(paths["clf"], tmp_path / "other.npz", n=4, size=16, seed=1)  # other weights, same path
+    before = snapshot(part, f"{part}.json")
+    assert main([*args, "--out", str(part), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "classifier.sha256: " in err and err.count("\n") == 1
+    assert snapshot(part, f"{part}.json") == before
+
+
+def test_sidecar_of_paths_and_sizes_still_resumes(models, tmp_path, capsys):
+    """Sidecars written before checkpoints were hashed recorded their absolute path and size: the same path and
+    size resume (and the sidecar is rewritten with the hashes); another path is refused, as before."""
+    out = tmp_path / "run.tsv"
+    assert main([*diffsmooth(models), "--max", "1", "--out", str(out)]) == 0
+    record = json.load(open(f"{out}.json"))
+    for name in ("classifier", "denoiser"):
+        del record["settings"][name]["sha256"]
+    open(f"{out}.json", "w").write(json.dumps(record))
+    moved = tmp_path / "moved.pt"
+    shutil.copy(models["clf"], moved)
+    other = [str(moved) if a == models["clf"] else a for a in diffsmooth(models)]
+    capsys.readouterr()
+    assert main([*other, "--max", "2", "--out", str(out), "--resume"]) == 2
+    assert "classifier.path: " in capsys.readouterr().err
+    assert main([*diffsmooth(models), "--max", "2", "--out", str(out), "--resume"]) == 0
+    record = json.load(open(f"{out}.json"))
+    assert record["settings"]["classifier"]["sha256"] and len(record["runs"]) == 2
+    assert [r.idx for r in io.read_certify(out)] == [0, 1]
+
+
+def _row(idx: int) -> str:
+    return f"{idx}\t1\t1\t0.5\t1\t0:00:01\n"
+
+
+@pytest.mark.parametrize("args,appended,line,reason", [
+    ([], lambda text: _row(0), 5, "idx 0 again (first on line 2)"),  # two writers
+    ([], lambda text: text, 5, "a second header line"),  # cat run.tsv run.tsv
+    ([], lambda text: _row(3).replace("\n", "\textra\n"), 5, "expected 6 tab-separated fields, got 7"),
+    ([], lambda text: _row(10), 5, "idx 10 is not one of the run's images (0, 1, 2, 3)"),  # beyond --max
+    (["--skip", "2"], lambda text: _row(3), 5, "idx 3 is not one of the run's images (0, 2, 4, 6)"),  # off the grid
+])
+def test_rows_that_no_run_writes_refuse_the_resume(tmp_path, capsys, args, appended, line, reason):
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--max", "3", *args, "--out", str(out)]) == 0
+    with open(out, "a") as f:
+        f.write(appended(out.read_text()))
+    before = snapshot(out, f"{out}.json")
+    capsys.readouterr()
+    assert main([*TOY, "--max", "4", *args, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {out}:{line}: {reason}" in err and err.count("\n") == 1
+    assert snapshot(out, f"{out}.json") == before
+
+
+def test_rows_beyond_this_sessions_max_but_within_an_earlier_one_resume(tmp_path, capsys):
+    """A resume may ask for fewer images than an earlier session did: those rows are still the run's."""
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--max", "4", "--out", str(out)]) == 0
+    assert main([*TOY, "--max", "2", "--out", str(out), "--resume"]) == 0
+    assert [r.idx for r in io.read_certify(out)] == [0, 1, 2, 3]

@@ -10,10 +10,11 @@ from .datasets import (
                        ImageFolderDataset,
                        NpzDataset,
                        center_crop,
+                       check_labels,
                        load_dataset,
                        load_image,
                        resize_shorter,
 )
 
 __all__ = ["CIFAR10", "DATASETS", "IMG_EXTENSIONS", "ImageFiles", "ImageFolderDataset", "NpzDataset", "center_crop",
-           "load_dataset", "load_image", "resize_shorter"]
+           "check_labels", "load_dataset", "load_image", "resize_shorter"]

@@ -13,6 +13,7 @@ import pickle
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Sequence
 from typing import IO
 
 import numpy as np
@@ -74,6 +75,8 @@ class CIFAR10(Dataset):
     ``path`` is ``cifar-10-batches-py/``, a folder holding it (or holding ``cifar-10-python.tar.gz``), or the
     archive itself, which is read in place. Items: (x [3, 32, 32] float32 in [0, 1], label in 0..9).
     """
+
+    num_classes = 10
 
     def __init__(self, path: str | os.PathLike[str], split: str = "test") -> None:
         if split not in CIFAR10_FILES:
@@ -186,6 +189,16 @@ class _ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The label of every image, int64 [N] (-1 for unlabelled images), without decoding any image."""
+        return np.array([label for _, label in self.samples], dtype=np.int64)
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of class folders (None for a flat, unlabelled folder)."""
+        return len(self.classes) if hasattr(self, "classes") else None
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return load_image(path, self.resize, self.crop), label
@@ -222,6 +235,8 @@ class NpzDataset(Dataset):
     where the channel axis is; when both fit (e.g. [N, 3, 3, 3]) uint8 means [N, H, W, C] (how images are stored)
     and float [N, C, H, W] (how tensors are). Items: (x [3, H, W] float32 in [0, 1], label).
     """
+
+    num_classes = None  # an .npz does not say how many classes its labels come from
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         path = os.fspath(path)
@@ -269,6 +284,33 @@ class NpzDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(self.images[index]))
         image = image.float().div(255) if image.dtype == torch.uint8 else image.float()
         return image.expand(3, -1, -1).clone() if image.shape[0] == 1 else image, int(self.labels[index])
+
+
+def check_labels(labels: np.ndarray | Sequence[int], num_classes: int, dataset_classes: int | None = None) -> bool:
+    """Check a dataset's labels against a classifier with ``num_classes`` outputs, before anything is certified.
+
+    Returns True for labelled images (every label in [0, num_classes)), False for unlabelled ones (every label -1:
+    an image folder, an .npz without labels), where accuracy is not defined.
+
+    Raises:
+        ValueError: the dataset has another number of classes (``dataset_classes``, where it knows it) than the
+            classifier; a label outside [0, num_classes); unlabelled images among labelled ones.
+    """
+    if dataset_classes is not None and dataset_classes != num_classes:
+        raise ValueError(f"the dataset has {dataset_classes} classes but the classifier {num_classes} outputs: they "
+                         f"do not go together (another --classifier, or a class folder missing or extra?)")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    unlabelled = labels == -1
+    if labels.size and unlabelled.all():
+        return False
+    if unlabelled.any():
+        raise ValueError(f"image {int(np.flatnonzero(unlabelled)[0])} has no label (-1) while others have one: label "
+                         f"every image or none")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(f"image {int(bad[0])} has label {int(labels[bad[0]])}, outside the classifier's classes "
+                         f"0..{num_classes - 1} ({bad.size} such images): another dataset or another classifier?")
+    return True
 
 
 def load_dataset(name: str, path: str | os.PathLike[str], split: str = "test", *, resize: int | None = None,

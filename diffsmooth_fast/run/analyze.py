@@ -2,7 +2,9 @@
 time per image, as text, Markdown, LaTeX (a table like the paper's Table 1, best value in bold) or JSON, and a
 plot of certified accuracy against radius.
 
-Reads Cohen et al.'s files as they are: both time formats, interrupted runs, and a torn last line.
+Reads Cohen et al.'s files as they are: both time formats, interrupted runs, and a torn last line. What no single
+run writes (a repeated image, an image outside the run, a second header, a ``correct`` that contradicts the row)
+is reported on stderr, one line each, and no image counts twice.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..smoothing import stats
-from . import tsv
+from . import resume, tsv
 
 # The paper's tables: Table 1 (CIFAR-10) at 0, 0.25, ..., 2.25; Table 2 (ImageNet) at 0, 0.5, ..., 3.0.
 PAPER_RADII = {
@@ -28,7 +31,8 @@ DEFAULT_RADII = PAPER_RADII["cifar10"]
 
 @dataclass(frozen=True)
 class Summary:
-    """One file's numbers; the certified fields are None for predict files, every rate None for an empty file.
+    """One file's numbers; the certified fields are None for predict files, every rate None for an empty file, the
+    accuracies and ACR None for a file without labels.
 
     certified_accuracy: radius -> fraction of rows with correct == 1 and radius >= r.
     """
@@ -43,6 +47,7 @@ class Summary:
     certified_accuracy: dict[float, float] | None = None
     samples_per_image: float | None = None  # sequential runs: estimation samples, mean and median per image
     median_samples: float | None = None
+    labelled: bool = True  # False: no row has a label, so every accuracy (and the ACR) is None
 
 
 def parse_radii(text: str) -> tuple[float, ...]:
@@ -58,16 +63,39 @@ def parse_radii(text: str) -> tuple[float, ...]:
     return radii
 
 
-def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
-    """The summary of one certify or predict file (told apart by the header)."""
-    header = tsv.read_header(path)
-    if header == tsv.PREDICT_HEADER:
-        rows = tsv.read_predict(path, torn_tail=True)
-        predict = [r.predict for r in rows]
-        return _common(path, "predict", rows, predict)
-    rows = tsv.read_certify(path, torn_tail=True)  # raises on anything that is not a certify file
-    summary = _common(path, "certify", rows, [r.predict for r in rows])
-    if not rows:
+def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII, *, warn: Callable[[str], None] | None = None
+              ) -> Summary:
+    """The summary of one certify or predict file (told apart by the header).
+
+    Every row counts once: a line that is not a row, an idx seen before (two writers, files joined) and, where the
+    file's sidecar says which images the run certified, an idx outside them are left out, and each is reported
+    through ``warn`` (default: a line on stderr), as are rows whose ``correct`` contradicts their label and
+    prediction and radii that are negative or not a number. When no row has a label (-1: an image folder, an
+    .npz without labels) accuracy is not defined: the accuracies and ACR are None.
+
+    Raises:
+        ValueError: the file is missing or is not a certify or predict file.
+    """
+    warn = warn or _warn
+    unreadable: list[tuple[int, str]] = []
+    header, numbered = tsv.read_numbered(path, torn_tail=True, problems=unreadable)
+    problems = [f"{path}:{line}: {reason}; not counted" for line, reason in unreadable]
+    strays = resume.stray_rows(numbered, _run_images(path, problems))
+    problems += [f"{path}:{line}: {reason}; not counted" for line, reason in strays]
+    left_out = {line for line, _ in strays}
+    numbered = [(line, row) for line, row in numbered if line not in left_out]
+    problems += _contradictions(path, numbered)
+    for problem in problems[:MAX_PROBLEMS]:
+        warn(problem)
+    if len(problems) > MAX_PROBLEMS:
+        warn(f"{path}: and {len(problems) - MAX_PROBLEMS} more problems")
+    rows = [row for _, row in numbered]
+    kind = "predict" if header == tsv.PREDICT_HEADER else "certify"
+    summary = _common(path, kind, rows, [r.predict for r in rows])
+    if rows and all(r.label == -1 for r in rows):
+        warn(f"{path}: no row has a label (label -1): accuracy is not defined")
+        return replace(summary, clean_accuracy=None, labelled=False)
+    if kind == "predict" or not rows:
         return summary
     radius, correct = [r.radius for r in rows], [r.correct for r in rows]
     acc = stats.certified_accuracy(radius, correct, list(radii))
@@ -76,6 +104,55 @@ def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII) -> Summary:
                    certified_accuracy={float(r): float(a) for r, a in zip(radii, acc)},
                    samples_per_image=float(np.mean(samples)) if samples else None,
                    median_samples=float(np.median(samples)) if samples else None)
+
+
+MAX_PROBLEMS = 20  # lines reported per file; the rest are counted
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _run_images(path: str, problems: list[str]) -> range | None:
+    """The images the run behind ``path`` certified, from its sidecar (None: no sidecar, as Cohen's files)."""
+    try:
+        with open(resume.sidecar_path(path), encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        problems.append(f"{resume.sidecar_path(path)}: not a readable sidecar ({type(exc).__name__}); the rows are "
+                        f"checked for repeated images only")
+        return None
+    settings = record.get("settings") if isinstance(record, dict) else None
+    skip = settings.get("skip") if isinstance(settings, dict) else None
+    if not (isinstance(skip, int) and skip >= 1):
+        return None
+    grid = resume.run_images(record, range(0, 2**62, skip))
+    part = settings.get("part")
+    if isinstance(part, dict) and isinstance(part.get("rank"), int) and isinstance(part.get("world_size"), int):
+        grid = grid[part["rank"]::part["world_size"]]  # a part file of a torchrun run: one rank's share
+    return grid
+
+
+def _contradictions(path: str, numbered: list[tuple[int, object]]) -> list[str]:
+    """Rows that no run writes as they are: ``correct`` other than (label known and predict == label), a radius
+    negative or not a number; and unlabelled rows among labelled ones."""
+    problems, unlabelled = [], []
+    for line, row in numbered:
+        expected = int(row.label >= 0 and row.predict == row.label)
+        if row.correct != expected:
+            problems.append(f"{path}:{line}: correct is {row.correct} but label {row.label} and predict {row.predict} "
+                            f"make it {expected}")
+        radius = getattr(row, "radius", 0.0)
+        if not radius >= 0.0:
+            problems.append(f"{path}:{line}: radius {radius} is negative or not a number")
+        if row.label == -1:
+            unlabelled.append(line)
+    if unlabelled and len(unlabelled) < len(numbered):
+        problems.append(f"{path}:{unlabelled[0]}: {len(unlabelled)} rows without a label (-1) among labelled rows; "
+                        f"they count as not correct")
+    return problems
 
 
 def _common(path: str, kind: str, rows: list, predict: list[int]) -> Summary:
@@ -95,7 +172,7 @@ def to_json(summaries: Sequence[Summary]) -> str:
         files.append({"path": s.path, "kind": s.kind, "n": s.n, "acr": s.acr, "certified_accuracy": cert,
                       "clean_accuracy": s.clean_accuracy, "abstain_rate": s.abstain_rate,
                       "time_per_image": s.time_per_image, "samples_per_image": s.samples_per_image,
-                      "median_samples": s.median_samples})
+                      "median_samples": s.median_samples, "labelled": s.labelled})
     return json.dumps({"files": files}, indent=2)
 
 

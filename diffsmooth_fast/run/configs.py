@@ -21,6 +21,7 @@ from ..engine.method import MethodConfig
 from ..engine.options import EngineOptions
 from ..models import shipped
 from ..models.classifiers import NORMALIZATIONS
+from .fingerprint import sha256_of
 
 ALL_DATASETS = ("demo", "toy", *DATASETS)
 BUILT_IN = ("demo", "toy")  # datasets that ship with the package (no --data)
@@ -242,11 +243,10 @@ class RunSettings:
             settings.update(sequential=True, radii=list(sampling.radii))
         if method.uses_denoiser:
             flags = models.flags(data.dataset)
-            settings["denoiser"] = {"path": _abs(models.denoiser), "bytes": _size(models.denoiser),
+            settings["denoiser"] = {**_checkpoint(models.denoiser),
                                     "flags": {**flags.to_dict(), "defaults": flags.defaults}}
         if data.dataset != "toy":
-            settings["classifier"] = {"path": _abs(models.classifier), "bytes": _size(models.classifier),
-                                      "normalization": models.normalization}
+            settings["classifier"] = {**_checkpoint(models.classifier), "normalization": models.normalization}
         return settings
 
 
@@ -280,3 +280,8 @@ def _abs(path: str | None) -> str | None:
 
 def _size(path: str | None) -> int | None:
     return os.path.getsize(path) if path is not None and os.path.isfile(path) else None
+
+
+def _checkpoint(path: str | None) -> dict[str, object]:
+    """A checkpoint as a resume compares it: its content (``sha256``, ``bytes``); ``path`` only says where it was."""
+    return {"path": _abs(path), "sha256": sha256_of(path), "bytes": _size(path)}

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
+from . import tsv
 from .atomic import atomic_write, write_atomically
 
 SIDECAR_FORMAT = "diffsmooth-fast sidecar 1"
@@ -67,8 +68,11 @@ def _check_writable_dir(folder: str) -> None:
 def check_resumable(out: str, header: tuple[str, ...], settings: Mapping[str, object]) -> None:
     """Refuse to resume ``out`` unless its sidecar holds the same ``settings`` (a file with no rows may restart).
 
+    Checkpoints found at another path with the recorded content are accepted, and a line on stderr says so.
+
     Raises:
-        ValueError: the sidecar is missing or unreadable while the file has rows, or the settings differ (listed).
+        ValueError: the sidecar is missing or unreadable while the file has rows, or the settings differ (each as
+            ``name: old -> new``).
     """
     path = sidecar_path(out)
     try:
@@ -82,13 +86,141 @@ def check_resumable(out: str, header: tuple[str, ...], settings: Mapping[str, ob
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot resume {out}: {path} is not a readable sidecar ({exc})") from None
     old = record.get("settings") if isinstance(record, dict) else None
+    if not isinstance(old, dict):
+        raise ValueError(f"cannot resume {out}: {path} holds no settings (not written by diffsmooth-fast?); pass "
+                         f"--overwrite to start over")
     new = _jsonable(settings)
-    if old != new:
-        old = old if isinstance(old, dict) else {}
-        diffs = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
-                 for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-        raise ValueError(f"refusing to resume {out}: its settings differ ({'; '.join(diffs)}); rerun the same command "
-                         f"or pass --overwrite to start over")
+    diffs = differences(old, new)
+    if diffs:
+        shown = "; ".join(diffs[:MAX_SHOWN]) + (f"; and {len(diffs) - MAX_SHOWN} more" if len(diffs) > MAX_SHOWN else "")
+        raise ValueError(f"refusing to resume {out}, its settings differ: {shown}; rerun with its settings or pass "
+                         f"--overwrite to start over")
+    for note in moved_checkpoints(old, new):
+        print(f"resuming {out}: {note}", file=sys.stderr)
+
+
+# The settings that name a checkpoint: {"path", "sha256", "bytes", ...}. Older sidecars hold no "sha256".
+CHECKPOINTS = ("classifier", "denoiser")
+MAX_SHOWN = 6  # differences listed in a refusal; the rest are counted
+_ABSENT = object()
+
+
+def differences(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
+    """The result settings that differ between sidecar settings ``old`` and ``new``, each ``name: old -> new``
+    (nested entries by their dotted names, ``denoiser.flags.num_channels: 128 -> 64``).
+
+    A checkpoint is the same when its content is (``sha256``), wherever it lies; a sidecar written before
+    checkpoints were hashed recorded a path and a size, and then the path and size must match.
+    """
+    a, b = _flat(old), _flat(new)
+    for name in CHECKPOINTS:
+        digest = f"{name}.sha256"
+        if a.get(digest) is not None and b.get(digest) is not None:
+            a.pop(f"{name}.path", None)
+            b.pop(f"{name}.path", None)
+        else:  # an older sidecar, or no file to hash (a module:function classifier): the path decides
+            a.pop(digest, None)
+            b.pop(digest, None)
+    keys = sorted(set(a) | set(b))
+    return [f"{key}: {_show(key, a.get(key, _ABSENT))} -> {_show(key, b.get(key, _ABSENT))}" for key in keys
+            if a.get(key, _ABSENT) != b.get(key, _ABSENT)]
+
+
+def moved_checkpoints(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
+    """One line per checkpoint found at another path than ``old`` recorded, with the same content."""
+    notes = []
+    for name in CHECKPOINTS:
+        was, now = old.get(name), new.get(name)
+        if isinstance(was, dict) and isinstance(now, dict) and was.get("sha256") is not None \
+                and was.get("sha256") == now.get("sha256") and was.get("path") != now.get("path"):
+            notes.append(f"the {name} {now.get('path')} has the content recorded for {was.get('path')} "
+                         f"(sha256 {str(now['sha256'])[:12]}), so the rows follow from the same model")
+    return notes
+
+
+def _flat(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(key: str, value: object) -> str:
+    if value is _ABSENT:
+        return "(none)"
+    if key.endswith(".sha256") and isinstance(value, str):
+        return value[:12]
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# Rows that belong to a run --------------------------------------------------------------------------------------
+
+
+def run_images(record: Mapping[str, object], grid: range, current: int = 0) -> range:
+    """The images whose rows a run's file may hold: the first N of ``grid`` (every skip-th image from 0), N the most
+    that any session asked for (``--max`` may grow or shrink between sessions; ``current``: this session's).
+
+    A session's count is its ``run_images`` (older single-process sessions: ``images``); where one is unknown,
+    all of ``grid``.
+    """
+    runs = record.get("runs") if isinstance(record.get("runs"), list) else []
+    counts = [current]
+    for session in runs:
+        count = session.get("run_images") if isinstance(session, dict) else None
+        if count is None and isinstance(session, dict) and "distributed" not in session:
+            count = session.get("images")  # a share's count in distributed sessions, the run's otherwise
+        counts.append(count if isinstance(count, int) and count >= 0 else len(grid))
+    return grid[: max(counts)] if runs or current else grid
+
+
+def stray_rows(numbered: Sequence[tuple[int, object]], images: Container[int] | None) -> list[tuple[int, str]]:
+    """(line, reason) of every row that no single run of ``images`` (None: any idx >= 0) writes: an idx already
+    seen on an earlier line (two writers, or files joined), or one outside ``images``."""
+    first: dict[int, int] = {}
+    strays = []
+    for line, row in numbered:
+        idx = row.idx  # type: ignore[attr-defined]
+        if idx in first:
+            strays.append((line, f"idx {idx} again (first on line {first[idx]})"))
+        elif idx < 0 or (images is not None and idx not in images):
+            strays.append((line, f"idx {idx} is not one of the run's images ({describe(images)})"))
+        else:
+            first[idx] = line
+    return strays
+
+
+def describe(images: Container[int] | None) -> str:
+    """``0, 5, 10, ..., 355`` for a range (all of it up to 4 images); ``idx >= 0`` for None."""
+    if not isinstance(images, range):
+        return "idx >= 0" if images is None else "another set"
+    if len(images) == 0:
+        return "none"
+    if len(images) <= 4:
+        return ", ".join(str(i) for i in images)
+    return f"{images[0]}, {images[1]}, {images[2]}, ..., {images[-1]}"
+
+
+def resumable_rows(out: str, header: tuple[str, ...], images: Container[int]) -> list:
+    """The rows of ``out`` that a resume keeps, all checked to belong to the run (``images``); a torn last line
+    (a kill mid-write) is left out, as a file whose header is torn.
+
+    Raises:
+        ValueError: a line that is not a row, or a row no single run of ``images`` writes, named by its line.
+    """
+    if _complete_rows(out, header) == 0:
+        return []
+    strays: list[tuple[int, str]] = []
+    _, numbered = tsv.read_numbered(out, (header,), torn_tail=True, problems=strays)
+    strays = sorted(strays + stray_rows(numbered, images))
+    if strays:
+        line, reason = strays[0]
+        more = f" (and {len(strays) - 1} more such rows)" if len(strays) > 1 else ""
+        raise ValueError(f"cannot resume {out}:{line}: {reason}{more}; no single run writes this file: remove such "
+                         f"rows or pass --overwrite to start over")
+    return [row for _, row in numbered]
 
 
 def repair(out: str, header: tuple[str, ...]) -> None:
@@ -157,8 +289,9 @@ def open_output(out: str, header: tuple[str, ...], settings: Mapping[str, object
 
 
 def same_settings(record: Mapping[str, object], settings: Mapping[str, object]) -> bool:
-    """Whether sidecar ``record`` holds ``settings`` (compared as JSON gives them back)."""
-    return record.get("settings") == _jsonable(settings)
+    """Whether sidecar ``record`` holds ``settings`` (as :func:`differences` compares them)."""
+    old = record.get("settings")
+    return isinstance(old, dict) and not differences(old, _jsonable(settings))
 
 
 def _complete_rows(out: str, header: tuple[str, ...]) -> int:

@@ -28,7 +28,7 @@ from .._version import __version__
 from ..engine.options import BATCH_AUTO
 from ..smoothing import stats
 from ..smoothing.certify import SampleShard
-from . import distributed, resume, tsv
+from . import distributed, lock, resume, tsv
 from .build import Job, build_job
 from .configs import OutputConfig, RunSettings, SamplingConfig
 from .progress import Progress
@@ -91,14 +91,23 @@ def run(settings: RunSettings, *, argv: Sequence[str] = (), options: Mapping[str
     settings = replace(settings, engine=engine)
     ctx = distributed.start(launch, engine.torch_device(), mode, distribution.timeout_minutes)
     try:
-        return (_run_images if mode == "images" else _run_samples)(ctx, _Plan(settings, argv, options or {}))
+        with contextlib.ExitStack() as held:  # rank 0's lock on the output, until the last file is written
+            return (_run_images if mode == "images" else _run_samples)(ctx, _Plan(settings, argv, options or {}), held)
     finally:
         distributed.stop(ctx)
 
 
 def _run_single(plan: _Plan) -> int:
-    """One process: check, build, then certify the images not yet in ``--out``."""
+    """One process: check, lock the output, build, then certify the images not yet in ``--out``."""
     out = plan.output
+    resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)  # the user's mistakes, before any file
+    with lock.hold(out.out):
+        return _run_locked(plan)
+
+
+def _run_locked(plan: _Plan) -> int:
+    out = plan.output
+    # Checked again now that no other run can write it: one may have made or finished the file in the meantime.
     exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
     distributed.check_no_parts(out.out, overwrite=out.overwrite)
     settings = plan.result_settings()
@@ -106,12 +115,12 @@ def _run_single(plan: _Plan) -> int:
     if resuming:
         resume.check_resumable(out.out, plan.header, settings)
     job = plan.build()
+    rows = resume.resumable_rows(out.out, plan.header, _belonging(plan, job, out.out)) if resuming else []
     _note_batch(plan, job)
     if out.overwrite:
         distributed.remove_parts(out.out)  # out itself is replaced by open_output
     session = _session(job, plan.argv, plan.options)
     with resume.open_output(out.out, plan.header, settings, session, resume=resuming) as stream:
-        rows = plan.read(out.out) if resuming else []
         done = {row.idx for row in rows}
         progress = Progress(len(job.indices), _already(rows), quiet=out.quiet)
         rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress)
@@ -119,7 +128,7 @@ def _run_single(plan: _Plan) -> int:
     return 0
 
 
-def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
+def _run_images(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStack) -> int:
     """Image sharding: this rank certifies its share into its part file; rank 0 merges the parts at the end."""
     out, rank, world = plan.output.out, ctx.rank, ctx.world_size
     part = distributed.part_path(out, rank, world)
@@ -133,10 +142,16 @@ def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
             resume.check_resumable(out, plan.header, settings)
         if resuming and part_exists:
             resume.check_resumable(part, plan.header, _part_settings(settings, rank, world))
-        merged = plan.read(out) if resuming and out_exists else []  # an earlier run's merged rows are done
-        return settings, plan.build(), resuming and part_exists, merged
+        job = plan.build()
+        run = _belonging(plan, job, out)
+        # An earlier run's merged rows are done; this rank's part holds only its share.
+        merged = resume.resumable_rows(out, plan.header, run) if resuming and out_exists else []
+        mine = resume.resumable_rows(part, plan.header, _belonging(plan, job, part)[rank::world]) \
+            if resuming and part_exists else []
+        return settings, job, resuming and part_exists, merged + mine
 
-    settings, job, resuming, merged = distributed.agree(ctx, prepare)
+    _lock_run(ctx, plan, held)
+    settings, job, resuming, earlier = distributed.agree(ctx, prepare)
     _note_batch(plan, job, f"{ctx.label} ")
     if plan.output.overwrite and rank == 0:
         distributed.remove_outputs(out, keep_world_size=world)  # the ranks replace their own parts
@@ -146,7 +161,7 @@ def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
     with resume.open_output(part, plan.header, _part_settings(settings, rank, world), session,
                             resume=resuming) as stream:
         mine = set(share)
-        rows = [row for row in merged + (plan.read(part) if resuming else []) if row.idx in mine]
+        rows = [row for row in earlier if row.idx in mine]
         done = {row.idx for row in rows}
         progress = Progress(len(share), _already(rows), quiet=plan.output.quiet, tty=False, label=ctx.label)
         _certify_all(plan, job, [idx for idx in share if idx not in done], stream, progress, ctx)
@@ -157,11 +172,11 @@ def _run_images(ctx: distributed.Context, plan: _Plan) -> int:
     return 0
 
 
-def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
+def _run_samples(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStack) -> int:
     """Sample sharding: every rank draws its part of each image's samples; rank 0 alone checks and writes."""
     out, rank = plan.output, ctx.rank
 
-    def prepare() -> tuple[dict[str, object], Job, bool]:
+    def prepare() -> tuple[dict[str, object], Job, bool, list]:
         exists = False
         if rank == 0:
             exists = resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)
@@ -169,9 +184,13 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
         settings = plan.result_settings()
         if rank == 0 and exists and out.resume:
             resume.check_resumable(out.out, plan.header, settings)
-        return settings, plan.build(), exists and out.resume
+        job = plan.build()
+        resuming = exists and out.resume  # rank 0's answer; the others write nothing
+        rows = resume.resumable_rows(out.out, plan.header, _belonging(plan, job, out.out)) if resuming else []
+        return settings, job, resuming, rows
 
-    settings, job, resuming = distributed.agree(ctx, prepare)
+    _lock_run(ctx, plan, held)
+    settings, job, resuming, rows = distributed.agree(ctx, prepare)
     _note_batch(plan, job, f"{ctx.label} ")
     job = replace(job, smooth=job.smooth.with_shard(SampleShard(rank, ctx.world_size, distributed.all_reduce_sum)))
     if rank == 0 and out.overwrite:
@@ -181,13 +200,36 @@ def _run_samples(ctx: distributed.Context, plan: _Plan) -> int:
     output = (resume.open_output(out.out, plan.header, settings, session, resume=resuming) if rank == 0
               else contextlib.nullcontext(None))
     with output as stream:
-        rows = plan.read(out.out) if rank == 0 and resuming else []
         done = set(distributed.broadcast(ctx, [row.idx for row in rows]))  # every rank: the same images
         progress = Progress(len(job.indices), _already(rows), quiet=out.quiet or rank != 0)
         rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress, ctx)
     if rank == 0:
         _summary(plan.command, rows, job)
     return 0
+
+
+def _lock_run(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStack) -> None:
+    """Rank 0 locks the output for the whole run (until ``held`` closes), before any rank looks at the files.
+
+    One lock for the run rather than one per part file: every file of a run (OUT, its sidecar, the parts) is named
+    after OUT, so OUT.lock covers them all, and it also stops a second run with another number of processes,
+    whose parts have other names. Its own step, so that the other ranks check the files only once no other run
+    can change them.
+    """
+    def take() -> None:
+        if ctx.rank == 0:
+            out = plan.output
+            resume.preflight(out.out, resume=out.resume, overwrite=out.overwrite)  # the user's mistakes first
+            held.enter_context(lock.hold(out.out))
+
+    distributed.agree(ctx, take)
+
+
+def _belonging(plan: _Plan, job: Job, path: str) -> range:
+    """The images whose rows ``path`` may hold: this run's (every skip-th from 0), up to the most any session of
+    ``path`` asked for (see :func:`~diffsmooth_fast.run.resume.run_images`)."""
+    grid = range(0, len(job.images), plan.settings.data.skip)
+    return resume.run_images(resume.read_sidecar(path), grid, len(job.indices))
 
 
 def _note_batch(plan: _Plan, job: Job, label: str = "") -> None:
@@ -241,9 +283,10 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
         raise ValueError(f"image {idx}: {exc}") from None
     elapsed = time.perf_counter() - start
     label = int(label)
+    correct = int(label >= 0 and pred == label)  # an image without a label (-1) is never correct, an abstention neither
     if command == "certify":
-        return tsv.CertifyRow(idx, label, pred, radius, int(pred == label), elapsed, samples)
-    return tsv.PredictRow(idx, label, pred, int(pred == label), elapsed)
+        return tsv.CertifyRow(idx, label, pred, radius, correct, elapsed, samples)
+    return tsv.PredictRow(idx, label, pred, correct, elapsed)
 
 
 def _format(row: tsv.CertifyRow | tsv.PredictRow) -> str:
@@ -264,6 +307,7 @@ def _session(job: Job, argv: Sequence[str], options: Mapping[str, object]) -> di
         "num_classes": job.num_classes,
         "batch": job.batch,  # --batch auto resolved; not a result setting (noise is drawn by position)
         "images": len(job.indices),
+        "run_images": len(job.indices),  # the run's, also where "images" counts one process's share
         "host": platform.node(),
         "versions": {"diffsmooth_fast": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__, "python": platform.python_version()},
@@ -273,6 +317,10 @@ def _session(job: Job, argv: Sequence[str], options: Mapping[str, object]) -> di
 def _summary(command: str, rows: list, job: Job) -> None:
     if not rows:
         print("no images were processed", file=sys.stderr)
+        return
+    if not job.labelled:  # every label -1: nothing to be correct about
+        abstained = sum(r.predict == stats.ABSTAIN for r in rows)
+        print(f"{len(rows)} images without labels: accuracy is not defined ({abstained} abstained)", file=sys.stderr)
         return
     correct = [r.correct for r in rows]
     if command == "predict":

@@ -17,6 +17,7 @@ CERTIFY_HEADER = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_HEADER = ("idx", "label", "predict", "correct", "time")
 # Sequential certify runs add the estimation samples each image used; fixed runs keep Cohen's six columns exactly.
 SEQUENTIAL_HEADER = (*CERTIFY_HEADER, "samples")
+HEADERS = (CERTIFY_HEADER, SEQUENTIAL_HEADER, PREDICT_HEADER)
 
 _TIMEDELTA = re.compile(r"^(?:(?P<days>-?\d+) days?, )?(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?)$")
 
@@ -98,18 +99,38 @@ def read_certify(path: str | os.PathLike[str], *, torn_tail: bool = False) -> li
     With ``torn_tail``, a last line without its newline that does not parse (a run killed mid-write) is
     dropped instead of raising.
     """
-    return _read_table(path, (CERTIFY_HEADER, SEQUENTIAL_HEADER), "certify", _certify_row, torn_tail)
+    return [row for _, row in _read_table(path, (CERTIFY_HEADER, SEQUENTIAL_HEADER), "certify", torn_tail)[1]]
 
 
 def read_predict(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[PredictRow]:
     """All rows of a predict TSV (``idx label predict correct time``); see :func:`read_certify`."""
-    return _read_table(path, (PREDICT_HEADER,), "predict", _predict_row, torn_tail)
+    return [row for _, row in _read_table(path, (PREDICT_HEADER,), "predict", torn_tail)[1]]
+
+
+def read_numbered(path: str | os.PathLike[str], headers: tuple[tuple[str, ...], ...] = HEADERS, *,
+                  torn_tail: bool = False, problems: list[tuple[int, str]] | None = None
+                  ) -> tuple[tuple[str, ...], list[tuple[int, CertifyRow | PredictRow]]]:
+    """The header of a file whose header is one of ``headers``, and its rows with their line numbers (1: the header).
+
+    With a ``problems`` list, a line that is not a row (a second header, another number of fields, a bad value)
+    is added to it as (line, reason) and skipped; without one it raises ``path:line: reason``. ``torn_tail``: see
+    :func:`read_certify`.
+    """
+    return _read_table(path, headers, "certify" if CERTIFY_HEADER in headers else "predict", torn_tail, problems)
 
 
 def read_header(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """The tab-separated fields of the first line of ``path`` (tells certify files from predict files)."""
     lines, _ = _read_lines(os.fspath(path), "TSV")
     return tuple(lines[0].split("\t")) if lines else ()
+
+
+def _row(header: tuple[str, ...], fields: list[str]) -> CertifyRow | PredictRow:
+    if tuple(fields) in HEADERS:
+        raise ValueError("a second header line (files joined with cat?)")
+    if len(fields) != len(header):
+        raise ValueError(f"expected {len(header)} tab-separated fields, got {len(fields)}")
+    return _predict_row(fields) if header == PREDICT_HEADER else _certify_row(fields)
 
 
 def _certify_row(fields: list[str]) -> CertifyRow:
@@ -137,9 +158,10 @@ def _read_lines(path: str, what: str) -> tuple[list[str], bool]:
     return text.splitlines(), text.endswith(("\n", "\r"))
 
 
-def _read_table(path: str | os.PathLike[str], headers: tuple[tuple[str, ...], ...], what: str, parse,
-                torn_tail: bool) -> list:
-    """The rows of a file whose header is one of ``headers`` (the first is the one an error names)."""
+def _read_table(path: str | os.PathLike[str], headers: tuple[tuple[str, ...], ...], what: str, torn_tail: bool,
+                problems: list[tuple[int, str]] | None = None) -> tuple[tuple[str, ...], list[tuple[int, object]]]:
+    """The header and numbered rows of a file whose header is one of ``headers`` (the first is the one an error
+    names); see :func:`read_numbered`."""
     path = os.fspath(path)
     lines, terminated = _read_lines(path, what)
     header = tuple(lines[0].split("\t")) if lines else ()
@@ -149,16 +171,12 @@ def _read_table(path: str | os.PathLike[str], headers: tuple[tuple[str, ...], ..
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        last_torn = torn_tail and number == len(lines) and not terminated
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            if last_torn:
-                break
-            raise ValueError(f"{path}:{number}: expected {len(header)} tab-separated fields, got {len(fields)}")
         try:
-            rows.append(parse(fields))
+            rows.append((number, _row(header, line.split("\t"))))
         except ValueError as exc:
-            if last_torn:
-                break
-            raise ValueError(f"{path}:{number}: {exc}") from None
-    return rows
+            if torn_tail and number == len(lines) and not terminated:
+                break  # the last line, cut by a kill mid-write
+            if problems is None:
+                raise ValueError(f"{path}:{number}: {exc}") from None
+            problems.append((number, str(exc)))
+    return header, rows
