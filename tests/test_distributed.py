@@ -65,7 +65,10 @@ def rows_of(path) -> list[str]:
 
 
 def snapshot(folder) -> dict[str, bytes]:
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+    """The folder's files but lock files (a killed run leaves its OUT.lock, which locks nothing: the next run on
+    OUT takes it and removes it when done)."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if not name.endswith(".lock")}
 
 
 @pytest.fixture(scope="module")

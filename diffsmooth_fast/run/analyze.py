@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..smoothing import stats
-from . import resume, tsv
+from . import belonging, resume, tsv
 
 # The paper's tables: Table 1 (CIFAR-10) at 0, 0.25, ..., 2.25; Table 2 (ImageNet) at 0, 0.5, ..., 3.0.
 PAPER_RADII = {
@@ -80,7 +80,7 @@ def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII, *, warn: Callab
     unreadable: list[tuple[int, str]] = []
     header, numbered = tsv.read_numbered(path, torn_tail=True, problems=unreadable)
     problems = [f"{path}:{line}: {reason}; not counted" for line, reason in unreadable]
-    strays = resume.stray_rows(numbered, _run_images(path, problems))
+    strays = belonging.stray_rows(numbered, _run_images(path, problems))
     problems += [f"{path}:{line}: {reason}; not counted" for line, reason in strays]
     left_out = {line for line, _ in strays}
     numbered = [(line, row) for line, row in numbered if line not in left_out]
@@ -128,7 +128,7 @@ def _run_images(path: str, problems: list[str]) -> range | None:
     skip = settings.get("skip") if isinstance(settings, dict) else None
     if not (isinstance(skip, int) and skip >= 1):
         return None
-    grid = resume.run_images(record, range(0, 2**62, skip))
+    grid = belonging.run_images(record, range(0, 2**62, skip))
     part = settings.get("part")
     if isinstance(part, dict) and isinstance(part.get("rank"), int) and isinstance(part.get("world_size"), int):
         grid = grid[part["rank"]::part["world_size"]]  # a part file of a torchrun run: one rank's share

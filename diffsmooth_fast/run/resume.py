@@ -3,9 +3,11 @@
 A run writes ``OUT`` (Cohen's TSV, one row per image, each flushed and fsynced) and ``OUT.json`` (the sidecar:
 the settings that decide the results, every option, versions, device and seed; one entry per session in
 ``runs``). Rerunning the same command with ``--resume`` repairs a torn last line (a row cut by the kill), skips
-the images already written and appends the rest; it is refused when the sidecar's settings differ. The TSV is
-created (header only, atomically) before the sidecar, so a kill between the two leaves a file with no rows,
-which a resume simply starts over.
+the images already written and appends the rest; it is refused when the sidecar's settings differ (each
+difference listed as ``name: old -> new``; checkpoints compared by content, so moved files still resume), and
+when the file holds rows that no single run writes (an idx twice or off the run's images, a second header, other
+columns). The TSV is created (header only, atomically) before the sidecar, so a kill between the two leaves a
+file with no rows, which a resume simply starts over. (Only one run writes at a time: :mod:`.lock`.)
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TextIO
 
-from . import tsv
+from . import belonging, tsv
 from .atomic import atomic_write, write_atomically
 
 SIDECAR_FORMAT = "diffsmooth-fast sidecar 1"
@@ -156,53 +158,6 @@ def _show(key: str, value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-# Rows that belong to a run --------------------------------------------------------------------------------------
-
-
-def run_images(record: Mapping[str, object], grid: range, current: int = 0) -> range:
-    """The images whose rows a run's file may hold: the first N of ``grid`` (every skip-th image from 0), N the most
-    that any session asked for (``--max`` may grow or shrink between sessions; ``current``: this session's).
-
-    A session's count is its ``run_images`` (older single-process sessions: ``images``); where one is unknown,
-    all of ``grid``.
-    """
-    runs = record.get("runs") if isinstance(record.get("runs"), list) else []
-    counts = [current]
-    for session in runs:
-        count = session.get("run_images") if isinstance(session, dict) else None
-        if count is None and isinstance(session, dict) and "distributed" not in session:
-            count = session.get("images")  # a share's count in distributed sessions, the run's otherwise
-        counts.append(count if isinstance(count, int) and count >= 0 else len(grid))
-    return grid[: max(counts)] if runs or current else grid
-
-
-def stray_rows(numbered: Sequence[tuple[int, object]], images: Container[int] | None) -> list[tuple[int, str]]:
-    """(line, reason) of every row that no single run of ``images`` (None: any idx >= 0) writes: an idx already
-    seen on an earlier line (two writers, or files joined), or one outside ``images``."""
-    first: dict[int, int] = {}
-    strays = []
-    for line, row in numbered:
-        idx = row.idx  # type: ignore[attr-defined]
-        if idx in first:
-            strays.append((line, f"idx {idx} again (first on line {first[idx]})"))
-        elif idx < 0 or (images is not None and idx not in images):
-            strays.append((line, f"idx {idx} is not one of the run's images ({describe(images)})"))
-        else:
-            first[idx] = line
-    return strays
-
-
-def describe(images: Container[int] | None) -> str:
-    """``0, 5, 10, ..., 355`` for a range (all of it up to 4 images); ``idx >= 0`` for None."""
-    if not isinstance(images, range):
-        return "idx >= 0" if images is None else "another set"
-    if len(images) == 0:
-        return "none"
-    if len(images) <= 4:
-        return ", ".join(str(i) for i in images)
-    return f"{images[0]}, {images[1]}, {images[2]}, ..., {images[-1]}"
-
-
 def resumable_rows(out: str, header: tuple[str, ...], images: Container[int]) -> list:
     """The rows of ``out`` that a resume keeps, all checked to belong to the run (``images``); a torn last line
     (a kill mid-write) is left out, as a file whose header is torn.
@@ -214,7 +169,7 @@ def resumable_rows(out: str, header: tuple[str, ...], images: Container[int]) ->
         return []
     strays: list[tuple[int, str]] = []
     _, numbered = tsv.read_numbered(out, (header,), torn_tail=True, problems=strays)
-    strays = sorted(strays + stray_rows(numbered, images))
+    strays = sorted(strays + belonging.stray_rows(numbered, images))
     if strays:
         line, reason = strays[0]
         more = f" (and {len(strays) - 1} more such rows)" if len(strays) > 1 else ""

@@ -28,7 +28,7 @@ from .._version import __version__
 from ..engine.options import BATCH_AUTO
 from ..smoothing import stats
 from ..smoothing.certify import SampleShard
-from . import distributed, lock, resume, tsv
+from . import belonging, distributed, lock, resume, tsv
 from .build import Job, build_job
 from .configs import OutputConfig, RunSettings, SamplingConfig
 from .progress import Progress
@@ -63,10 +63,6 @@ class _Plan:
 
     def build(self) -> Job:
         return build_job(self.settings)
-
-    def read(self, path: str) -> list:
-        """The rows of an output file; a torn last line (a kill mid-write) is left out."""
-        return (tsv.read_certify if self.command == "certify" else tsv.read_predict)(path, torn_tail=True)
 
 
 def run(settings: RunSettings, *, argv: Sequence[str] = (), options: Mapping[str, object] | None = None) -> int:
@@ -115,7 +111,7 @@ def _run_locked(plan: _Plan) -> int:
     if resuming:
         resume.check_resumable(out.out, plan.header, settings)
     job = plan.build()
-    rows = resume.resumable_rows(out.out, plan.header, _belonging(plan, job, out.out)) if resuming else []
+    rows = resume.resumable_rows(out.out, plan.header, _images_of_run(plan, job, out.out)) if resuming else []
     _note_batch(plan, job)
     if out.overwrite:
         distributed.remove_parts(out.out)  # out itself is replaced by open_output
@@ -143,10 +139,10 @@ def _run_images(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStac
         if resuming and part_exists:
             resume.check_resumable(part, plan.header, _part_settings(settings, rank, world))
         job = plan.build()
-        run = _belonging(plan, job, out)
+        run = _images_of_run(plan, job, out)
         # An earlier run's merged rows are done; this rank's part holds only its share.
         merged = resume.resumable_rows(out, plan.header, run) if resuming and out_exists else []
-        mine = resume.resumable_rows(part, plan.header, _belonging(plan, job, part)[rank::world]) \
+        mine = resume.resumable_rows(part, plan.header, _images_of_run(plan, job, part)[rank::world]) \
             if resuming and part_exists else []
         return settings, job, resuming and part_exists, merged + mine
 
@@ -186,7 +182,7 @@ def _run_samples(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitSta
             resume.check_resumable(out.out, plan.header, settings)
         job = plan.build()
         resuming = exists and out.resume  # rank 0's answer; the others write nothing
-        rows = resume.resumable_rows(out.out, plan.header, _belonging(plan, job, out.out)) if resuming else []
+        rows = resume.resumable_rows(out.out, plan.header, _images_of_run(plan, job, out.out)) if resuming else []
         return settings, job, resuming, rows
 
     _lock_run(ctx, plan, held)
@@ -225,11 +221,11 @@ def _lock_run(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStack)
     distributed.agree(ctx, take)
 
 
-def _belonging(plan: _Plan, job: Job, path: str) -> range:
+def _images_of_run(plan: _Plan, job: Job, path: str) -> range:
     """The images whose rows ``path`` may hold: this run's (every skip-th from 0), up to the most any session of
     ``path`` asked for (see :func:`~diffsmooth_fast.run.resume.run_images`)."""
     grid = range(0, len(job.images), plan.settings.data.skip)
-    return resume.run_images(resume.read_sidecar(path), grid, len(job.indices))
+    return belonging.run_images(resume.read_sidecar(path), grid, len(job.indices))
 
 
 def _note_batch(plan: _Plan, job: Job, label: str = "") -> None:
