@@ -16,7 +16,7 @@ import torch
 
 from diffsmooth_fast.run import tsv as io
 from diffsmooth_fast.run.cli import main
-from diffsmooth_fast.run.resume import repair
+from diffsmooth_fast.run.resume import differences, repair
 
 from .tiny_models import save_halfspace, save_unet, unet_cli_flags
 
@@ -207,7 +207,7 @@ def test_moved_checkpoints_resume_other_content_is_refused(models, tmp_path, cap
     before = snapshot(part, f"{part}.json")
     assert main([*args, "--out", str(part), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "classifier.sha256: " in err and err.count("\n") == 1
+    assert "classifier: other content at the same path (sha256 " in err and err.count("\n") == 1
     assert snapshot(part, f"{part}.json") == before
 
 
@@ -262,3 +262,19 @@ def test_rows_beyond_this_sessions_max_but_within_an_earlier_one_resume(tmp_path
     assert main([*TOY, "--max", "4", "--out", str(out)]) == 0
     assert main([*TOY, "--max", "2", "--out", str(out), "--resume"]) == 0
     assert [r.idx for r in io.read_certify(out)] == [0, 1, 2, 3]
+
+
+def test_differences_name_each_setting_once_and_checkpoints_by_content():
+    ckpt = {"path": "/a/noise_0.25/c.pt", "sha256": "1" * 64, "bytes": 10, "normalization": "auto"}
+    flags = {"num_channels": 128, "dropout": 0.0}
+    old = {"sigma": 0.25, "classifier": ckpt, "denoiser": {"path": "/a/d.pt", "sha256": "3" * 64, "flags": flags}}
+    moved = {**old, "classifier": {**ckpt, "path": "/b/c.pt"}, "denoiser": {**old["denoiser"], "path": "/c/d.pt"}}
+    assert differences(old, moved) == []  # the same content elsewhere
+    other = {**old, "sigma": 0.5, "classifier": {**ckpt, "path": "/a/noise_0.50/c.pt", "sha256": "2" * 64},
+             "denoiser": {**old["denoiser"], "flags": {**flags, "dropout": 0.1}}}
+    assert differences(old, other) == [
+        "classifier: noise_0.25/c.pt (sha256 111111111111) -> noise_0.50/c.pt (sha256 222222222222)",
+        "denoiser.flags.dropout: 0.0 -> 0.1", "sigma: 0.25 -> 0.5"]
+    recorded = {**old, "classifier": {"path": ckpt["path"], "bytes": 10, "normalization": "auto"}}  # no sha256
+    assert differences(recorded, old) == []  # same path and size, as such sidecars were compared
+    assert differences(recorded, moved) == ["classifier.path: /a/noise_0.25/c.pt -> /b/c.pt"]

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 __all__ = ["hold", "lock_path"]
 
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a filesystem without locks
 
 
 def lock_path(out: str) -> str:

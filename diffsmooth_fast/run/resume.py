@@ -115,17 +115,21 @@ def differences(old: Mapping[str, object], new: Mapping[str, object]) -> list[st
     checkpoints were hashed recorded a path and a size, and then the path and size must match.
     """
     a, b = _flat(old), _flat(new)
+    named = []
     for name in CHECKPOINTS:
-        digest = f"{name}.sha256"
+        digest, path = f"{name}.sha256", f"{name}.path"
         if a.get(digest) is not None and b.get(digest) is not None:
-            a.pop(f"{name}.path", None)
-            b.pop(f"{name}.path", None)
+            if a[digest] != b[digest]:  # one line for the checkpoint: where each was, and its content
+                named.append(f"{name}: {_checkpoint(a.get(path), a[digest], b.get(path), b[digest])}")
+            for key in (digest, path, f"{name}.bytes"):
+                a.pop(key, None)
+                b.pop(key, None)
         else:  # an older sidecar, or no file to hash (a module:function classifier): the path decides
             a.pop(digest, None)
             b.pop(digest, None)
     keys = sorted(set(a) | set(b))
-    return [f"{key}: {_show(key, a.get(key, _ABSENT))} -> {_show(key, b.get(key, _ABSENT))}" for key in keys
-            if a.get(key, _ABSENT) != b.get(key, _ABSENT)]
+    return named + [f"{key}: {_show(a.get(key, _ABSENT))} -> {_show(b.get(key, _ABSENT))}" for key in keys
+                    if a.get(key, _ABSENT) != b.get(key, _ABSENT)]
 
 
 def moved_checkpoints(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
@@ -150,12 +154,24 @@ def _flat(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]
     return flat
 
 
-def _show(key: str, value: object) -> str:
+def _show(value: object) -> str:
     if value is _ABSENT:
         return "(none)"
-    if key.endswith(".sha256") and isinstance(value, str):
-        return value[:12]
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _checkpoint(old_path: object, old_digest: str, new_path: object, new_digest: str) -> str:
+    """``noise_0.25/a.pt (sha256 73c4b5b0809e) -> noise_0.50/a.pt (sha256 2eb9f4e474c7)``: the paths without the
+    folders they share, or ``other content at the same path``."""
+    digests = f"sha256 {old_digest[:12]} -> {new_digest[:12]}"
+    if old_path == new_path or not (isinstance(old_path, str) and isinstance(new_path, str)):
+        return f"other content at the same path ({digests})"
+    try:
+        common = os.path.commonpath([os.path.dirname(old_path), os.path.dirname(new_path)])
+    except ValueError:  # one relative, one absolute: show them whole
+        common = ""
+    old_short, new_short = (os.path.relpath(p, common) if common else p for p in (old_path, new_path))
+    return f"{old_short} (sha256 {old_digest[:12]}) -> {new_short} (sha256 {new_digest[:12]})"
 
 
 def resumable_rows(out: str, header: tuple[str, ...], images: Container[int]) -> list:
