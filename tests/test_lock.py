@@ -109,3 +109,26 @@ def test_torchrun_run_is_one_locked_run(tmp_path):
     assert result.returncode != 0
     assert result.stderr.count(f"{out} is in use by another run (pid {os.getpid()}") == 2  # every rank says why
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_filesystem_without_locks_warns_and_runs(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "run.tsv"
+    assert main([*TOY, "--out", str(out)]) == 0
+    assert "this filesystem has no file locks" in capsys.readouterr().err
+    assert len(io.read_certify(out)) == 3
+
+
+def test_an_unusable_lock_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run.tsv"
+    os.mkdir(lock.lock_path(str(out)))
+    assert main([*TOY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot lock the output: {out}.lock: Is a directory" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -94,7 +94,8 @@ def check_resumable(out: str, header: tuple[str, ...], settings: Mapping[str, ob
     new = _jsonable(settings)
     diffs = differences(old, new)
     if diffs:
-        shown = "; ".join(diffs[:MAX_SHOWN]) + (f"; and {len(diffs) - MAX_SHOWN} more" if len(diffs) > MAX_SHOWN else "")
+        more = len(diffs) - MAX_SHOWN
+        shown = "; ".join(diffs[:MAX_SHOWN]) + (f"; and {more} more" if more > 0 else "")
         raise ValueError(f"refusing to resume {out}, its settings differ: {shown}; rerun with its settings or pass "
                          f"--overwrite to start over")
     for note in moved_checkpoints(old, new):

@@ -139,9 +139,9 @@ def _run_images(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStac
         if resuming and part_exists:
             resume.check_resumable(part, plan.header, _part_settings(settings, rank, world))
         job = plan.build()
-        run = _images_of_run(plan, job, out)
         # An earlier run's merged rows are done; this rank's part holds only its share.
-        merged = resume.resumable_rows(out, plan.header, run) if resuming and out_exists else []
+        merged = resume.resumable_rows(out, plan.header, _images_of_run(plan, job, out)) \
+            if resuming and out_exists else []
         mine = resume.resumable_rows(part, plan.header, _images_of_run(plan, job, part)[rank::world]) \
             if resuming and part_exists else []
         return settings, job, resuming and part_exists, merged + mine
@@ -223,7 +223,7 @@ def _lock_run(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStack)
 
 def _images_of_run(plan: _Plan, job: Job, path: str) -> range:
     """The images whose rows ``path`` may hold: this run's (every skip-th from 0), up to the most any session of
-    ``path`` asked for (see :func:`~diffsmooth_fast.run.resume.run_images`)."""
+    ``path`` asked for (see :func:`~diffsmooth_fast.run.belonging.run_images`)."""
     grid = range(0, len(job.images), plan.settings.data.skip)
     return belonging.run_images(resume.read_sidecar(path), grid, len(job.indices))
 
@@ -279,7 +279,7 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
         raise ValueError(f"image {idx}: {exc}") from None
     elapsed = time.perf_counter() - start
     label = int(label)
-    correct = int(label >= 0 and pred == label)  # an image without a label (-1) is never correct, an abstention neither
+    correct = int(label >= 0 and pred == label)  # never for an image without a label (-1), nor for an abstention
     if command == "certify":
         return tsv.CertifyRow(idx, label, pred, radius, correct, elapsed, samples)
     return tsv.PredictRow(idx, label, pred, correct, elapsed)
