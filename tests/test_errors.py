@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from diffsmooth_fast.engine.options import EngineOptions
 from diffsmooth_fast.run import summary
 from diffsmooth_fast.run import tsv as io
 from diffsmooth_fast.run.cli import build_parser, main
-from diffsmooth_fast.run.configs import DataConfig, ModelConfig, OutputConfig, SamplingConfig, resolve
+from diffsmooth_fast.run.configs import (DataConfig, ModelConfig, OutputConfig, SamplingConfig, check_regular_file,
+                                         resolve)
 from diffsmooth_fast.smoothing.certify import Smooth
 
 from .tiny_models import save_classifier, save_npz
@@ -37,13 +39,18 @@ def one_error_line(capsys) -> str:
 # --- the output must be a regular file --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
-def test_a_device_is_not_an_output_even_with_overwrite(device, capsys):
-    if not os.path.exists(device):
-        pytest.skip(f"{device} is missing")
-    mode = os.stat(device).st_mode
-    assert main([*TOY, "--max", "1", "--out", device, "--overwrite"]) == 2
+def test_a_device_is_not_an_output_even_with_overwrite(device, tmp_path, capsys):
+    """Through a link in the test's folder: code that wrongly replaces the output replaces the link, never the
+    machine's device (a test run as root against such code must not turn /dev/null into a regular file)."""
+    if not os.path.exists(device) or not stat.S_ISCHR(os.stat(device).st_mode):
+        pytest.skip(f"{device} is not a character device here")
+    with pytest.raises(ValueError, match="character device, not a regular file"):
+        check_regular_file(device)  # the check itself, on the device as named
+    link = tmp_path / "out.tsv"
+    link.symlink_to(device)
+    assert main([*TOY, "--max", "1", "--out", str(link), "--overwrite"]) == 2
     assert "character device, not a regular file" in one_error_line(capsys)
-    assert os.stat(device).st_mode == mode  # still the device, not a regular file put in its place
+    assert link.is_symlink() and sorted(os.listdir(tmp_path)) == ["out.tsv"]
 
 
 def test_a_fifo_is_not_an_output(tmp_path, capsys):
@@ -274,3 +281,16 @@ def test_plot_tells_twelve_curves_apart_and_says_where_it_went(tmp_path, capsys,
     assert len(lines) == 12 and len(styles) == 12
     legend = [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()]
     assert legend == [os.path.basename(f) for f in files]
+
+
+def test_error_lines_for_memory_and_unnamed_files():
+    """What every rank of a torchrun run prints (errors.report): one line, no ``: `` before a reason without a file,
+    and out of memory as the advice rather than the allocator's paragraph."""
+    from diffsmooth_fast.run import errors
+
+    assert errors.one_line(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert errors.one_line(OSError(errno.EFBIG, "File too large", "a.tsv")) == "a.tsv: File too large"
+    for error in OOM:
+        assert errors.is_user_error(error)
+        assert errors.one_line(error) == "out of memory: try a smaller --batch, --dtype float16 or another --device"
+    assert not errors.is_user_error(RuntimeError("index out of range in self"))

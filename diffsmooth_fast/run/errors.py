@@ -29,13 +29,16 @@ class Reported(Exception):
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Errors that are the user's to fix (a setting, a file): printed as one line, not as a traceback."""
-    return isinstance(exc, (ValueError, OSError))
+    """Errors that are the user's to fix (a setting, a file, a batch too large for the memory): printed as one
+    line, not as a traceback."""
+    return isinstance(exc, (ValueError, OSError)) or is_out_of_memory(exc)
 
 
 def one_line(exc: BaseException) -> str:
     """The message of a user error on one line (file errors as ``path: reason``, or the reason alone when the
     error does not say which file)."""
+    if is_out_of_memory(exc):  # the allocator's own words run over lines and say nothing of what to do
+        return str(out_of_memory(None, None))
     if isinstance(exc, OSError) and not isinstance(exc, ValueError):
         reason = exc.strerror or str(exc)
         return " ".join((f"{exc.filename}: {reason}" if exc.filename else reason).split())
