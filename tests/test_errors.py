@@ -224,8 +224,8 @@ def test_help_shows_every_default(command):
 # --- the summary ------------------------------------------------------------------------------------------------
 
 def toy_settings(n: int = 1000, sigma: float = 0.25, alpha: float = 0.001, out: str = "-", command: str = "certify"):
-    return resolve(command, DataConfig("toy"), ModelConfig(), MethodConfig("cohen", sigma), SamplingConfig(10, n, alpha),
-                   EngineOptions(), OutputConfig(out))
+    return resolve(command, DataConfig("toy"), ModelConfig(), MethodConfig("cohen", sigma),
+                   SamplingConfig(10, n, alpha), EngineOptions(), OutputConfig(out))
 
 
 @pytest.mark.parametrize("n,sigma,alpha", [(1000, 0.25, 0.001), (100_000, 0.25, 0.001), (500, 0.5, 0.01)])

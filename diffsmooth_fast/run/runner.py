@@ -32,6 +32,7 @@ from .build import Job, build_job
 from .configs import OutputConfig, RunSettings, SamplingConfig
 from .progress import Progress
 
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything one run was asked to do: its settings, and how it was called (for the sidecar)."""
