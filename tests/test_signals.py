@@ -37,7 +37,7 @@ def toy_run(out, *extra: str) -> list[str]:
             "--batch", "1000", "--max", "6", "--out", str(out), *extra]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_a_signal_stops_the_run_after_a_row_and_it_resumes(tmp_path, signum):
     out = tmp_path / "toy.tsv"
     child = subprocess.Popen(toy_run(out), stderr=subprocess.PIPE, text=True, env=environment(), cwd=tmp_path)
@@ -51,10 +51,10 @@ def test_a_signal_stops_the_run_after_a_row_and_it_resumes(tmp_path, signum):
     finally:
         if child.poll() is None:
             child.kill()
-    name = signal.Signals(signum).name
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"  # Ctrl-C
     assert status == 128 + signum, rest
     last = rest.strip().splitlines()[-1]
-    assert last == (f"diffsmooth-fast: stopped by {name}; every finished row is in {out}: rerun the same command "
+    assert last == (f"diffsmooth-fast: {what}; every finished row is in {out}: rerun the same command "
                     f"with --resume to continue"), rest
     assert "Traceback" not in rest
     done = [r.idx for r in io.read_certify(out, torn_tail=True)]
