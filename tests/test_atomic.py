@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -61,3 +62,31 @@ def test_bad_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="mode"), atomic_write(tmp_path / "f", "a"):
         pass
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, code):
+    """A failed write or flush names no file (``error: : No space left on device``): the error names the target."""
+    path = tmp_path / "out.tsv.json"
+    with pytest.raises(OSError) as info, atomic_write(path) as f:
+        f.write("{")
+        raise OSError(code, os.strerror(code))  # what a write() on a full disk or past ulimit -f raises
+    assert info.value.errno == code and info.value.filename == str(path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_at_fsync_names_the_file(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        write_atomically(tmp_path / "a.json", "{}\n")
+    assert info.value.filename == str(tmp_path / "a.json") and os.listdir(tmp_path) == []
+
+
+def test_an_empty_path_is_refused_before_any_file_is_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="empty"):
+        write_atomically("", "x")
+    assert os.listdir(tmp_path) == []  # not a stray .<pid>.tmp

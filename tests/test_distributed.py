@@ -56,7 +56,7 @@ def torchrun(args: list[str], nproc: int = 2, env: dict[str, str] | None = None,
     environ.update(env or {})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "--max-restarts", str(restarts), "-m", "diffsmooth_fast", "--", *args]
-    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=1800)  # a hang guard for a busy machine, not a speed test
 
 
 def rows_of(path) -> list[str]:

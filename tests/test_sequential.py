@@ -152,7 +152,7 @@ def test_split_by_sample_over_two_processes_gives_one_process_results():
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=600)  # a hang guard for a busy machine, not a speed test
     assert got[0] == got[1] == want
 
 

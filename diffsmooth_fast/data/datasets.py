@@ -242,6 +242,12 @@ class NpzDataset(Dataset):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"npz {path}: no such file")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":  # np.load would hand back the one array, not an archive
+            raise ValueError(f"npz {path}: a .npy file (one array), not an .npz archive: save the images (uint8 "
+                             f"[N, H, W, C] or [N, C, H, W], or floats in [0, 1]) and their integer labels [N] "
+                             f"together with numpy.savez(path, images=..., labels=...)")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files if key in NPZ_IMAGE_KEYS + NPZ_LABEL_KEYS}

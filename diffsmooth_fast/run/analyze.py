@@ -257,8 +257,23 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> None:
-    """Certified accuracy against radius, one curve per certify file, saved to ``out`` (png, pdf, svg, ...)."""
+# Curves are told apart by colour, line style and marker together: with 10 colours, 4 styles and 7 markers
+# (pairwise coprime but for 10 and 4), the first lcm(10, 4, 7) = 140 curves look all different, and any two of the
+# first 20 differ in colour or style, so they stay apart in print (grey) and for readers who do not see colour.
+_COLOURS = tuple(f"C{i}" for i in range(10))
+_LINE_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "x", "*")
+
+
+def curve_style(index: int) -> dict[str, str]:
+    """Matplotlib's ``color``, ``linestyle`` and ``marker`` of the ``index``-th curve (no two alike below 140)."""
+    return {"color": _COLOURS[index % len(_COLOURS)], "linestyle": _LINE_STYLES[index % len(_LINE_STYLES)],
+            "marker": _MARKERS[index % len(_MARKERS)]}
+
+
+def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> int:
+    """Certified accuracy against radius, one curve per certify file, saved to ``out`` (png, pdf, svg, ...);
+    returns the number of curves drawn."""
     try:
         import matplotlib
 
@@ -271,21 +286,27 @@ def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> None:
         raise ValueError(f"--plot {out}: no such directory {folder}")
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = _short_labels(paths)
+    curves = 0
     for summary, path, label in zip(summaries, paths, labels):
         if summary.kind != "certify" or summary.n == 0:
             continue
         rows = tsv.read_certify(path, torn_tail=True)
         radius, correct = [r.radius for r in rows], [r.correct for r in rows]
         grid = np.linspace(0.0, max(max(radius), 0.01) * 1.02, 400)
-        ax.plot(grid, stats.certified_accuracy(radius, correct, grid), label=label)
+        # markers every 40 points, each curve shifted a little so that curves that coincide still show theirs
+        ax.plot(grid, stats.certified_accuracy(radius, correct, grid), label=label, markersize=4,
+                markevery=(3 * curves % 40, 40), **curve_style(curves))
+        curves += 1
     ax.set_xlabel(r"$\ell_2$ radius")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if curves:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return curves
 
 
 def _short_labels(paths: Sequence[str]) -> list[str]:

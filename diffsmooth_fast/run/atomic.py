@@ -4,7 +4,9 @@ Why: a run can be killed (``kill -9``, a preempted node) or meet a full disk in 
 its sidecar or a checkpoint. Writing to a temporary file, fsyncing it and then ``os.replace``-ing it onto the
 target means a reader (or a later ``--resume``) sees the old file or the whole new one. The temporary file
 ``<path>.<pid>.tmp`` lies in the target's own folder because ``os.replace`` is atomic only within one
-filesystem, and carries the pid so two processes writing the same target never share one.
+filesystem, and carries the pid so two processes writing the same target never share one. A failed write
+(a full disk, a file-size limit) removes the temporary file and names the target: the error of a write or a
+flush names no file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 from typing import IO, Any
+
+from .errors import with_filename
 
 __all__ = ["atomic_write", "temporary_path", "write_atomically"]
 
@@ -32,10 +36,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *, encoding: str
 
     On success the data is flushed and fsynced, then the temporary file is ``os.replace``-d onto ``path``. On any
     exception (KeyboardInterrupt included) the temporary file is removed, ``path`` is left as it was, and the
-    exception propagates.
+    exception propagates; an OSError that names no file (a full disk, ``ulimit -f``) is raised naming ``path``.
+
+    Raises:
+        ValueError: an empty ``path`` or a bad ``mode``.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
+    if not os.fspath(path):
+        raise ValueError("atomic_write needs a file path, got an empty one")
     tmp = temporary_path(path)
     try:
         with open(tmp, mode, encoding=None if mode == "wb" else encoding) as f:
@@ -43,9 +52,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *, encoding: str
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # gone already, or the folder itself fails: the first error matters
             os.remove(tmp)
+        if isinstance(exc, OSError) and not exc.filename:
+            raise with_filename(exc, os.fspath(path)) from exc
         raise
 
 

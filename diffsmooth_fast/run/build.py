@@ -36,7 +36,7 @@ GRAPHS_MEMORY_FRACTION = 0.7
 class Job:
     """A ready run: ``images`` (map-style: index -> (x [C, H, W] in [0, 1], label)), the ``indices`` to do, the
     smoothed classifier, the ``batch`` of noisy samples per call (``--batch auto`` resolved), and for the toy
-    problem the exact radii [N]. ``labelled`` is False when no image has a label (accuracy is then not defined)."""
+    problem the exact radii [N]."""
 
     images: Sequence[tuple[torch.Tensor, int]]
     indices: list[int]
@@ -46,7 +46,6 @@ class Job:
     num_classes: int
     exact_radius: torch.Tensor | None = None
     batch: int = 1000
-    labelled: bool = True  # False: every label is -1 (an image folder, an .npz without labels)
 
 
 class _ToyImages:
@@ -93,7 +92,7 @@ def build_job(settings: RunSettings) -> Job:
     first = indices[0] if indices else 0
     backend = resolve_backend(engine.backend, device.type)
     num_classes = _probe(base, images, first, method.sigma, sampling.seed, backend, device)
-    labelled = check_labels(images.labels, num_classes, getattr(images, "num_classes", None))
+    check_labels(images.labels, num_classes, getattr(images, "num_classes", None))
     batch = engine.batch
     if batch == BATCH_AUTO:  # sized eagerly, before any graph holds memory
         fraction = GRAPHS_MEMORY_FRACTION if engine.cuda_graphs and device.type == "cuda" else MEMORY_FRACTION
@@ -101,7 +100,7 @@ def build_job(settings: RunSettings) -> Job:
                            device=device, fraction=fraction, backend=backend)
     base.networks.start()  # after the probes: no graph captured, nothing compiled, for their batch shapes
     smooth = Smooth(base, num_classes, seed=sampling.seed, backend=backend)
-    return Job(images, indices, smooth, device, backend, num_classes, exact, batch, labelled)
+    return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
 
 
 def _probe(base: PurifiedClassifier | CountingPath, images: Sequence, idx: int, sigma: float, seed: int, backend: str,

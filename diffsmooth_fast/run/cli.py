@@ -4,13 +4,18 @@
 and hand them to ``runner.run``; ``analyze`` summarises TSV files. With no model options, ``certify`` runs the
 demo: DiffSmooth with the package's own diffusion model and classifiers on the digits test split. Output is
 Cohen et al.'s TSV on stdout or --out; progress and a summary go to stderr. User errors print one line and
-exit with status 2. Started by torchrun with several processes, certify and predict share the work (by
-image, or by sample with --split-samples; see :mod:`diffsmooth_fast.run.distributed`).
+exit with status 2; Ctrl-C, SIGTERM and SIGHUP stop a run after its last finished row, say how to resume it and
+exit with 128 + the signal's number. Cohen et al.'s spellings ``--N`` and ``--N0`` are accepted. Started by
+torchrun with several processes, certify and predict share the work (by image, or by sample with
+--split-samples; see :mod:`diffsmooth_fast.run.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -19,7 +24,7 @@ from ..bench import command as bench
 from ..diffusion.openai_flags import PRESETS, OpenAIFlags
 from ..engine.method import LOCAL_NOISE, METHODS, MethodConfig
 from ..engine.options import DTYPES, EngineOptions, parse_batch
-from . import analyze, errors, runner
+from . import analyze, errors, runner, signals
 from .configs import (
     ALL_DATASETS,
     DataConfig,
@@ -44,12 +49,26 @@ class _UsageError(ValueError):
     pass
 
 
+class _Help(argparse.HelpFormatter):
+    """--help with every option's default: ``(default: X)`` after the help of each option that has one (flags
+    are off by default; an option whose default depends on others says so in its own words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default  # by identity: 0 and 0.0 are defaults to show, False (a flag's) is not
+        if (not action.option_strings or any(default is v for v in (None, False, argparse.SUPPRESS))
+                or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors become one-line user errors (exit 2) instead of a usage dump; no abbreviations, so a
     misspelt OpenAI flag (``--num_channel``) is refused rather than taken for another."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -80,8 +99,8 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                       "radii")
     data.add_argument("--data", help="dataset path: CIFAR-10 folder or .tar.gz, ImageNet root, image folder, .npz")
     data.add_argument("--split", choices=["test", "train"], default=_default(DataConfig, "split"), help="dataset split")
-    data.add_argument("--skip", type=int, help="use every skip-th image (default 1; 5 on the demo; the paper: 20 "
-                      "CIFAR, 100 ImageNet)")
+    data.add_argument("--skip", type=int, help=f"use every skip-th image (default 1; {default_skip('demo')} on the "
+                      "demo; the paper: 20 CIFAR, 100 ImageNet)")
     data.add_argument("--max", type=int, default=_default(DataConfig, "max"), help="stop after this many images (-1: all)")
     model = p.add_argument_group("models")
     model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser and on the demo), "
@@ -115,8 +134,9 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     smooth.add_argument("--reverse-steps", type=int, default=_default(MethodConfig, "reverse_steps"), help="multistep: reverse steps from t* to 0")
     smooth.add_argument("--reverse-runs", type=int, default=_default(MethodConfig, "reverse_runs"), help="multistep: reverse runs voted per sample")
     if command == "certify":
-        smooth.add_argument("--n0", type=int, default=_default(SamplingConfig, "n0"), help="selection samples per image")
-    smooth.add_argument("--n", type=int, help=("estimation samples per image" if command == "certify" else
+        smooth.add_argument("--n0", "--N0", type=int, default=_default(SamplingConfig, "n0"),
+                            help="selection samples per image")
+    smooth.add_argument("--n", "--N", type=int, help=("estimation samples per image" if command == "certify" else
                         "samples per image") + " (default 10000; 1000 on the demo)")
     if command == "certify":
         smooth.add_argument("--sequential", action="store_true", help="stop each image's estimation once its radius "
@@ -228,7 +248,9 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         print(analyze.to_text(summaries, radii, markdown=args.markdown))
     if args.plot:
-        analyze.plot(summaries, args.files, args.plot)
+        curves = analyze.plot(summaries, args.files, args.plot)
+        errors.say(f"plot: {curves} curve{'s' * (curves != 1)} of certified accuracy written to "
+                   f"{os.path.abspath(args.plot)}")
     return 0
 
 
@@ -237,16 +259,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # torchrun ... -m diffsmooth_fast -- certify --n ...: the -- hides --n/--m/--max from
         argv = argv[1:]     # torchrun's own parser (pytorch#120601); some Python versions pass it on to us
+    args = None
     try:
-        args, rest = build_parser().parse_known_args(argv)
-        if args.command == "bench":  # bench e2e hands the rest to the benchmark's own parser
-            return bench.run(args, rest)
-        if rest:
-            raise _UsageError(f"unrecognized arguments: {' '.join(rest)} (see diffsmooth-fast --help)")
-        if args.command == "analyze":
-            return _analyze(args)
-        options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
-        return runner.run(_settings(args), argv=argv, options=options)
+        with signals.stop_on_signals():
+            args, rest = build_parser().parse_known_args(argv)
+            if args.command == "bench":  # bench e2e hands the rest to the benchmark's own parser
+                return bench.run(args, rest)
+            if rest:
+                raise _UsageError(_unrecognized(args.command, rest))
+            if args.command == "analyze":
+                return _analyze(args)
+            options = {k: v for k, v in vars(args).items() if not (k.startswith("flag_") and v is None)}
+            return runner.run(_settings(args), argv=argv, options=options)
     except errors.Reported as exc:  # printed already (by every process of a torchrun run, see errors.py)
         return exc.status
     except (ValueError, OSError) as exc:
@@ -254,9 +278,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RankFailure as exc:
         errors.say(f"error: {exc}")
         return 1
-    except KeyboardInterrupt:
-        errors.say("interrupted; rerun with --resume to continue")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (signals.Stopped)
+        signum = exc.signum if isinstance(exc, signals.Stopped) else int(signal.SIGINT)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            errors.say(_stopped(signum, args))
+        return 128 + signum
+    except Exception as exc:  # out of memory outside an image (loading, probing): one line; anything else: a bug
+        if not errors.is_out_of_memory(exc):
+            raise
+        batch = getattr(args, "batch", None)
+        return errors.report(errors.out_of_memory(None, batch if isinstance(batch, int) else None))
+
+
+def _stopped(signum: int, args: argparse.Namespace | None) -> str:
+    """The line after a run was stopped by ``signum``: where its rows are and how to continue it."""
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) not in ("certify", "predict") or out is None:
+        return what
+    if out == "-":
+        return f"{what}; the finished rows are on stdout (a run on stdout cannot be resumed: use --out FILE)"
+    again = "--resume instead of --overwrite" if args.overwrite else "--resume"
+    return f"{what}; every finished row is in {out}: rerun the same command with {again} to continue"
+
+
+def _unrecognized(command: str, rest: Sequence[str]) -> str:
+    """The error for arguments no option took; Cohen et al.'s positional arguments get their options' names."""
+    text = f"unrecognized arguments: {' '.join(rest)}"
+    if command in ("certify", "predict") and not rest[0].startswith("-"):
+        return (f"{text} ({command} takes options only: Cohen's {command}.py DATASET BASE_CLASSIFIER SIGMA OUTFILE "
+                f"is {command} --dataset DATASET --data PATH --classifier BASE_CLASSIFIER --sigma SIGMA --out OUTFILE)")
+    return f"{text} (see diffsmooth-fast --help)"
 
 
 if __name__ == "__main__":

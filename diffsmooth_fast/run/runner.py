@@ -26,14 +26,11 @@ import torch
 
 from .._version import __version__
 from ..engine.options import BATCH_AUTO
-from ..smoothing import stats
 from ..smoothing.certify import SampleShard
-from . import belonging, distributed, lock, resume, tsv
+from . import belonging, distributed, errors, lock, resume, summary, tsv
 from .build import Job, build_job
 from .configs import OutputConfig, RunSettings, SamplingConfig
 from .progress import Progress
-
-SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,17 @@ def run(settings: RunSettings, *, argv: Sequence[str] = (), options: Mapping[str
     Raises:
         ValueError: a user error (one line), raised before any existing file is touched where it can be known.
     """
+    try:
+        return _run(settings, argv, options)
+    except OSError as exc:  # a write or a flush names no file: on a full disk, name the output and what is kept
+        if not errors.is_disk_full(exc) or exc.filename or settings.output.out == "-":
+            raise
+        out = settings.output.out
+        raise ValueError(f"{out}: {exc.strerror or exc} (every finished row is kept: make room, then rerun with "
+                         f"--resume)") from exc
+
+
+def _run(settings: RunSettings, argv: Sequence[str], options: Mapping[str, object] | None) -> int:
     output, distribution = settings.output, settings.distribution
     launch = distributed.launch_from_env()
     if launch is None:
@@ -120,7 +128,7 @@ def _run_locked(plan: _Plan) -> int:
         done = {row.idx for row in rows}
         progress = Progress(len(job.indices), _already(rows), quiet=out.quiet)
         rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress)
-    _summary(plan.command, rows, job)
+    summary.report(plan.settings, rows, job.exact_radius)
     return 0
 
 
@@ -164,7 +172,8 @@ def _run_images(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitStac
     distributed.wait_all(ctx)
     if rank != 0:
         return 0
-    _summary(plan.command, distributed.merge_parts(out, plan.header, world, job.indices, settings), job)
+    summary.report(plan.settings, distributed.merge_parts(out, plan.header, world, job.indices, settings),
+                   job.exact_radius)
     return 0
 
 
@@ -200,7 +209,7 @@ def _run_samples(ctx: distributed.Context, plan: _Plan, held: contextlib.ExitSta
         progress = Progress(len(job.indices), _already(rows), quiet=out.quiet or rank != 0)
         rows += _certify_all(plan, job, [idx for idx in job.indices if idx not in done], stream, progress, ctx)
     if rank == 0:
-        _summary(plan.command, rows, job)
+        summary.report(plan.settings, rows, job.exact_radius)
     return 0
 
 
@@ -277,6 +286,10 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
             pred = job.smooth.predict(x, sampling.n, sampling.alpha, job.batch, idx=idx)
     except ValueError as exc:
         raise ValueError(f"image {idx}: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:
+        if not errors.is_out_of_memory(exc):
+            raise
+        raise errors.out_of_memory(job.device, job.batch, idx) from None
     elapsed = time.perf_counter() - start
     label = int(label)
     correct = int(label >= 0 and pred == label)  # never for an image without a label (-1), nor for an abstention
@@ -308,28 +321,3 @@ def _session(job: Job, argv: Sequence[str], options: Mapping[str, object]) -> di
         "versions": {"diffsmooth_fast": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__, "python": platform.python_version()},
     }
-
-
-def _summary(command: str, rows: list, job: Job) -> None:
-    if not rows:
-        print("no images were processed", file=sys.stderr)
-        return
-    if not job.labelled:  # every label -1: nothing to be correct about
-        abstained = sum(r.predict == stats.ABSTAIN for r in rows)
-        print(f"{len(rows)} images without labels: accuracy is not defined ({abstained} abstained)", file=sys.stderr)
-        return
-    correct = [r.correct for r in rows]
-    if command == "predict":
-        abstain = sum(r.predict == stats.ABSTAIN for r in rows) / len(rows)
-        print(f"accuracy {np.mean(correct):.3f}, abstained {abstain:.3f} of {len(rows)} images", file=sys.stderr)
-        return
-    radii = [r.radius for r in rows]
-    acc = stats.certified_accuracy(radii, correct, SUMMARY_RADII)
-    print("certified accuracy " + ", ".join(f"{a:.3f} at r={r}" for r, a in zip(SUMMARY_RADII, acc))
-          + f"; ACR {stats.average_certified_radius(radii, correct):.3f}", file=sys.stderr)
-    if job.exact_radius is not None:
-        ratios = [r.radius / float(job.exact_radius[r.idx]) for r in rows if r.correct]
-        if ratios:
-            over = sum(1 for q in ratios if q > 1.0)
-            print(f"toy check: certified/exact radius mean {sum(ratios) / len(ratios):.3f}; {over} of {len(ratios)} "
-                  f"certificates above the exact radius (expected about alpha of them)", file=sys.stderr)
