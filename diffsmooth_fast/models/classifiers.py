@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .library import LibraryModel, Logits, Resize, check_classes, is_library_spec, load_library_model
+from .library import LibraryModel, Logits, Resize, check_classes
+from .specs import is_library_spec, load_library_model
 from .loading import load_weights
 from .resnet import ARCH_DATASET, ARCHITECTURES, build_architecture
 from .user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript

@@ -10,7 +10,7 @@ have another size than the model's input, a bicubic ``Resize`` (as DDS upsamples
 Nothing is downloaded: weights come from a file given with ``@FILE`` or from the library's local cache, and a miss
 is one line saying where it looked and how to fetch the weights once.
 
-Spec syntax (see ``load_library_model``):
+Spec syntax (parsed by ``models.specs``, one module per library):
   ``timm:MODEL_NAME[@WEIGHTS_FILE]``, ``torchvision:MODEL_NAME[:WEIGHTS_ENUM][@WEIGHTS_FILE]``,
   ``hf:MODEL_ID_OR_FOLDER``.
 """
@@ -50,33 +50,6 @@ class LibraryModel:
     num_classes: int
     labels: tuple[str, ...] | None
     source: str  # where the weights came from, for the log
-
-
-def is_library_spec(spec: str) -> bool:
-    """Whether ``spec`` names a library model (``timm:``, ``torchvision:``, ``hf:``) rather than a file or a
-    ``module:function``."""
-    prefix, sep, rest = spec.partition(":")
-    return bool(sep) and prefix in LIBRARIES and bool(rest)
-
-
-def load_library_model(spec: str, *, trust_checkpoint: bool = False) -> LibraryModel:
-    """The model a ``timm:``, ``torchvision:`` or ``hf:`` spec names, on the CPU, in eval mode, offline.
-
-    Raises:
-        ValueError: the library is not installed, the model name is unknown, the weights are not on this machine
-            (where it looked and how to fetch them), or the weights do not fit the model.
-    """
-    prefix, _, rest = spec.partition(":")
-    if prefix == "timm":
-        from .timm_spec import load_timm
-        return load_timm(spec, rest, trust_checkpoint=trust_checkpoint)
-    if prefix == "torchvision":
-        from .torchvision_spec import load_torchvision
-        return load_torchvision(spec, rest, trust_checkpoint=trust_checkpoint)
-    if prefix == "hf":
-        from .hf_spec import load_hf
-        return load_hf(spec, rest)
-    raise ValueError(f"classifier {spec}: unknown library {prefix!r}; known: {', '.join(LIBRARIES)}")
 
 
 def import_library(spec: str, name: str, extra: str) -> ModuleType:

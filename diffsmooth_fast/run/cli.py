@@ -100,7 +100,8 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                        "the one matching the noise the method's classifier sees)")
     model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"],
                        default=_default(ModelConfig, "normalization"),
-                       help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
+                       help="the classifier's input normalisation (auto: by the checkpoint's folder layout, or the "
+                       "library's own record for timm:, torchvision:, hf:; logged)")
     model.add_argument("--dtype", choices=list(DTYPES), default=_default(EngineOptions, "dtype"), help="models' precision (weights held "
                        "in it; see --autocast)")
     model.add_argument("--autocast", action="store_true", help="keep the weights in float32 and run the models "
