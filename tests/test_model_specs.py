@@ -168,7 +168,10 @@ def test_timm_weights_file_and_cache_match_the_library(tmp_path, monkeypatch):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(reference_input(x, cfg["input_size"][1:], cfg["mean"], cfg["std"]))
-        for file in ("vit.pth", "vit.safetensors"):
+        # a training script's checkpoint: under 'model', with DataParallel's 'module.' prefix
+        torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in model.state_dict().items()}},
+                   tmp_path / "wrapped.pth")
+        for file in ("vit.pth", "vit.safetensors", "wrapped.pth"):
             clf = load_classifier(f"timm:test_vit@{tmp_path / file}", image_size=(32, 32), num_classes=10)
             torch.testing.assert_close(clf(x), expected, rtol=0, atol=1e-5)
     # timm's cache: the hub file of the model's pretrained tag
@@ -218,7 +221,11 @@ def test_torchvision_cache_and_file_match_the_library(tmp_path):
                                              r"'mobilenet_v3_small', weights='IMAGENET1K_V1'\)"):
             load_classifier("torchvision:mobilenet_v3_small")
         (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-        torch.save(model.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(weights.url))
+        cached = tmp_path / "hub" / "checkpoints" / os.path.basename(weights.url)
+        torch.save({"hook": RunsCode(), **model.state_dict()}, cached)  # refused before torchvision reads it
+        with pytest.raises(ValueError, match="would run code when unpickled"):
+            load_classifier("torchvision:mobilenet_v3_small")
+        torch.save(model.state_dict(), cached)
         clf = load_classifier("torchvision:mobilenet_v3_small:IMAGENET1K_V1", image_size=(32, 32), num_classes=1000)
     finally:
         torch.hub.set_dir(hub)
