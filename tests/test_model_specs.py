@@ -37,8 +37,8 @@ def library(name: str):
     """The library module, or a skip saying why it cannot be used here."""
     try:
         return __import__(name)
-    except ImportError:
-        pytest.skip(f"{name} is not installed")
+    except ImportError as exc:  # not installed, or a dependency missing (timm without torchvision)
+        pytest.skip(f"{name} cannot be imported: {exc}")
     except Exception as exc:  # noqa: BLE001 - e.g. a torchvision wheel built for another torch
         pytest.skip(f"{name} cannot be imported beside torch {torch.__version__}: {str(exc).splitlines()[0]}")
 
