@@ -10,7 +10,9 @@ DIFFSMOOTH_CUDA selects the CUDA build: `auto` (default: build when torch has CU
 from __future__ import annotations
 
 import os
+import re
 import sys
+from importlib import metadata
 
 from setuptools import setup
 
@@ -80,7 +82,45 @@ def _extensions() -> list:
     return ext
 
 
+# The triton release the CPU tests are validated with (TRITON_INTERPRET=1), for a torch that names none itself.
+TRITON_CPU = "triton==3.6.0"
+
+
+def _extras() -> dict[str, list[str]]:
+    """The optional dependencies (pyproject.toml declares them dynamic), pinned so that pip can satisfy them next
+    to the installed torch and never replaces it.
+
+    - triton: the installed torch's own requirement (a CUDA torch 2.13 needs triton 3.7.1, 2.14 needs 3.8), or
+      ``TRITON_CPU`` for a torch that names none (the CPU wheels).
+    - torchvision (and timm, which imports it): torch 2.X is released with torchvision 0.(X+15), and each
+      torchvision wheel requires one torch; the extra names both, so pip installs the torchvision built for the
+      installed torch or fails, instead of bringing another torch.
+    """
+    torch_base = torch.__version__.split("+")[0]
+    requires = [r for r in (metadata.requires("torch") or []) if re.match(r"triton\b", r)]
+    triton = requires[0].split(";")[0].strip() if requires else TRITON_CPU
+    major, minor = (int(part) for part in re.findall(r"\d+", torch_base)[:2])
+    torchvision = [f"torch=={torch_base}", f"torchvision==0.{minor + 15}.*" if major == 2 else "torchvision"]
+    hf = ["transformers>=4.40", "huggingface_hub>=0.23", "safetensors>=0.4"]
+    diffusers = ["diffusers>=0.27", "huggingface_hub>=0.23", "safetensors>=0.4"]
+    return {
+        "triton": [triton],
+        "plot": ["matplotlib>=3.7"],
+        "train": ["scikit-learn>=1.3"],  # python -m diffsmooth_fast.demo.train (the digits come with scikit-learn)
+        "safetensors": ["safetensors>=0.4"],
+        "hf": hf,
+        "diffusers": diffusers,
+        "torchvision": torchvision,
+        "timm": ["timm>=0.9", "huggingface_hub>=0.23", "safetensors>=0.4", *torchvision],
+        # Not timm or torchvision: PyPI's torchvision wheels are CUDA builds that fail to import beside a CPU torch
+        # (and transformers would then try to use them); their tests skip when they cannot be imported.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "statsmodels>=0.14", triton, "matplotlib>=3.7",
+                 "scikit-learn>=1.3", *dict.fromkeys(hf + diffusers)],
+    }
+
+
 setup(
+    extras_require=_extras(),
     ext_modules=_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

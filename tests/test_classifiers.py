@@ -372,7 +372,7 @@ def test_pickled_module_needs_trust(tmp_path):
     with pytest.raises(ValueError, match="trust_checkpoint"):
         load_classifier(tmp_path / "whole.pt")
     model = load_classifier(tmp_path / "whole.pt", trust_checkpoint=True)
-    assert model.normalization.mode == "none" and isinstance(model.net[1], nn.Linear)
+    assert model.normalization.mode == "none" and isinstance(model.net.model[1], nn.Linear)
 
 
 def test_clear_errors(tmp_path):

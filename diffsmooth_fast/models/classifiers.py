@@ -10,18 +10,19 @@ accuracy silently collapses. So the choice is explicit (``normalize`` = (x - mea
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .loading import _first_line, load_checkpoint
+from .library import LibraryModel, Logits, Resize, check_classes
+from .specs import is_library_spec, load_library_model
+from .loading import load_weights
 from .resnet import ARCH_DATASET, ARCHITECTURES, build_architecture
+from .user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -40,8 +41,8 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "digits": (DIGITS_MEAN, DIGITS_STD),
 }
 NORMALIZATIONS = ("normalize", "center", "none")
-
-_FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+# CIFAR-10's classes in label order (batches.meta), to check a library model's label names against.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class InputNormalization(nn.Module):
@@ -96,51 +97,73 @@ class NormalizedClassifier(nn.Sequential):
 
 
 def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, normalization: str = "auto", *,
-                    trust_checkpoint: bool = False) -> NormalizedClassifier:
+                    trust_checkpoint: bool = False, image_size: Sequence[int] | None = None,
+                    num_classes: int | None = None, class_names: Sequence[str] | None = None) -> NormalizedClassifier:
     """The base classifier stored at ``path``, on the CPU, in eval mode.
 
     Args:
         path: one of
             - a Cohen et al. / SmoothAdv checkpoint ``{'epoch', 'arch', 'state_dict', 'optimizer'}`` with ``arch``
               in ``ARCHITECTURES`` and keys prefixed ``1.`` or ``1.module.``; or a bare state dict of one of those
-              networks (the architecture is then inferred from its keys and shapes);
+              networks (the architecture is then inferred from its keys and shapes); ``.safetensors`` files hold the
+              state dict;
             - a TorchScript file (``torch.jit.save``);
-            - ``package.module:function``: the module is imported and ``function()`` must return an ``nn.Module``.
+            - ``package.module:function``: the module is imported and ``function()`` must return an ``nn.Module``
+              (one inside timm, torchvision or transformers is refused: it would build an untrained network);
+            - a library spec, loaded offline with the normalisation and input size the library records:
+              ``timm:MODEL_NAME[@WEIGHTS_FILE]``, ``torchvision:MODEL_NAME[:WEIGHTS_ENUM][@WEIGHTS_FILE]``,
+              ``hf:MODEL_ID_OR_FOLDER`` (see ``models.library``).
             TorchScript and ``module:function`` models are the user's own: they are expected to include their
-            preprocessing, so ``auto`` gives them no normalisation layer.
+            preprocessing, so ``auto`` gives them no normalisation layer. Their output may be the logits tensor
+            or an object with ``.logits``.
         dataset: ``cifar10``, ``imagenet``, ``imagenet32``, ``digits`` or None (the arch's own dataset); picks mean and std.
         normalization: ``normalize``, ``center``, ``none``, or ``auto`` (see ``choose_normalization``; the choice
-            is logged). A wrong choice is not detected by anything: accuracy silently collapses.
+            is logged; for a library spec ``auto`` is the library's record). A wrong choice is not detected by
+            anything: accuracy silently collapses.
         trust_checkpoint: allow files that need arbitrary code to unpickle (for example a pickled model or a
             checkpoint holding ``argparse.Namespace``). Only for files you trust: unpickling runs code.
+        image_size: (H, W) of the dataset's images; a library model whose input size differs gets a bicubic
+            ``Resize`` to its own size after the normalisation.
+        num_classes, class_names: the dataset's class count and names in label order, when known: a library
+            model with another count, or with the same names in another order, is refused.
 
     Raises:
         ValueError: a missing or unreadable file, an unknown arch (the known ones are listed), a state dict that does
             not match its arch (missing / unexpected keys and the probable arch), a ``module:function`` that cannot
-            be imported, or a bad ``dataset`` / ``normalization``.
+            be imported or raises, a library model that cannot be loaded offline or whose classes do not fit the
+            dataset, or a bad ``dataset`` / ``normalization``.
     """
     if normalization != "auto" and normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be auto, {', '.join(NORMALIZATIONS)}; got {normalization!r}")
     if dataset is not None and dataset not in DATASET_STATS:
         raise ValueError(f"dataset must be one of {', '.join(DATASET_STATS)} or None, got {dataset!r}")
     name = os.fspath(path)
-    if not os.path.exists(name) and _FACTORY_SPEC.fullmatch(name):
-        net, arch = _from_factory(name), None
+    library: LibraryModel | None = None
+    if not os.path.exists(name) and is_library_spec(name):
+        library = load_library_model(name, trust_checkpoint=trust_checkpoint)
+        check_classes(name, library, num_classes, class_names)
+        net, arch = library.net, None
+    elif not os.path.exists(name) and FACTORY_SPEC.fullmatch(name):
+        net, arch = from_factory(name), None
     elif not os.path.exists(name):
-        raise ValueError(f"classifier {name}: no such file (nor a module:function spec)")
-    elif _is_torchscript(name):
-        net, arch = _from_torchscript(name), None
+        raise ValueError(f"classifier {name}: no such file (nor a module:function, timm:, torchvision: or hf: spec)")
+    elif is_torchscript(name):
+        net, arch = from_torchscript(name), None
     else:
-        obj = load_checkpoint(name, what="classifier checkpoint", trust_checkpoint=trust_checkpoint)
+        obj = load_weights(name, what="classifier checkpoint", trust_checkpoint=trust_checkpoint)
         net, arch = _from_checkpoint(obj, name)
 
-    if normalization == "auto":
+    if library is not None and normalization == "auto":
+        mode, reason, level = "normalize", f"as {library.source} records it", logging.INFO
+    elif normalization == "auto":
         mode, reason, level = choose_normalization(arch, name)
     else:
         mode, reason, level = normalization, "as requested", logging.INFO
     dataset = dataset if dataset is not None else ARCH_DATASET.get(arch or "")
     if mode == "none":
         layer = InputNormalization("none")
+    elif library is not None and normalization == "auto":
+        layer = InputNormalization("normalize", library.mean, library.std)
     elif dataset is None:
         raise ValueError(f"classifier {name}: normalization {mode!r} needs dataset= ({', '.join(DATASET_STATS)})")
     else:
@@ -151,6 +174,11 @@ def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, no
     log.log(level, "classifier %s: normalization %r (%s, mean=%s, std=%s): %s. A wrong choice silently collapses "
             "accuracy; set normalization= to override.", name, mode, dataset or "no dataset", layer.mean, layer.std,
             reason)
+    if library is not None and image_size is not None and tuple(image_size) != library.input_size:
+        log.info("classifier %s: images %s resized to the model's input %s (bicubic with antialiasing, as DDS; "
+                 "the library records %s)", name, "x".join(map(str, image_size)),
+                 "x".join(map(str, library.input_size)), library.interpolation or "no interpolation")
+        net = nn.Sequential(Resize(library.input_size), net)
     return NormalizedClassifier(layer, net).eval()
 
 
@@ -190,41 +218,10 @@ def choose_normalization(arch: str | None, path: str) -> tuple[str, str, int]:
         "outside its folder layout need normalization='center')", logging.WARNING
 
 
-def _is_torchscript(path: str) -> bool:
-    # torch.jit.save archives carry constants.pkl; torch.save archives do not (torch's own test).
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def _from_torchscript(path: str) -> nn.Module:
-    try:
-        return torch.jit.load(path, map_location="cpu")
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise ValueError(f"classifier {path}: not a loadable TorchScript file ({_first_line(exc)})") from None
-
-
-def _from_factory(spec: str) -> nn.Module:
-    module_name, function_name = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"classifier {spec}: cannot import module {module_name!r} ({exc})") from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ValueError(f"classifier {spec}: module {module_name!r} has no function {function_name!r}")
-    net = function()
-    if not isinstance(net, nn.Module):
-        raise ValueError(f"classifier {spec}: {function_name}() returned {type(net).__name__}, not a torch.nn.Module")
-    return net
-
-
 def _from_checkpoint(obj: object, path: str) -> tuple[nn.Module, str | None]:
     """The network in a loaded checkpoint object and its arch (None for a pickled module)."""
     if isinstance(obj, nn.Module):  # only reachable with trust_checkpoint=True
-        return obj, None
+        return Logits(obj, path), None
     if not isinstance(obj, Mapping):
         raise ValueError(f"classifier checkpoint {path} holds a {type(obj).__name__}, expected a checkpoint dict")
     if "param_groups" in obj and "state" in obj:

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch's two wordings: an allowed-list miss ("Unsupported global: GLOBAL argparse.Namespace") and a blocked module
+# ("Trying to load unsupported GLOBAL posix.system whose module posix is blocked"): both name code to run.
+_UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 TRUST_OPTION = "trust_checkpoint=True (--trust-checkpoint on the command line)"
 
 
@@ -44,8 +46,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint", t
         found = _UNSUPPORTED_GLOBAL.search(str(exc))
         if weights_only and found:
             raise ValueError(
-                f"{what} {path} needs arbitrary code to unpickle (it refers to {found.group(1)}); "
-                f"if you trust the file, pass {TRUST_OPTION}"
+                f"{what} {path} would run code when unpickled (it refers to {found.group(1)}), so it was not "
+                f"read; if you trust the file, pass {TRUST_OPTION}"
             ) from None
         raise ValueError(f"{what} {path}: not a readable torch file ({_NOT_TORCH})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -58,3 +60,26 @@ _NOT_TORCH = "corrupt, truncated, or not written by torch.save"
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_weights(path: str | os.PathLike[str], *, what: str = "checkpoint", trust_checkpoint: bool = False) -> Any:
+    """``load_checkpoint``, or for a ``.safetensors`` file its dict of tensors (safetensors holds no code).
+
+    Raises:
+        ValueError: as ``load_checkpoint``; a ``.safetensors`` file that is unreadable, or without the
+            ``safetensors`` package installed.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        return load_checkpoint(path, what=what, trust_checkpoint=trust_checkpoint)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path}: no such file")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"{what} {path}: reading .safetensors files needs the safetensors package "
+                         f"(pip install safetensors)") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError (not exported on every version)
+        raise ValueError(f"{what} {path}: not a readable .safetensors file ({_first_line(exc)})") from None

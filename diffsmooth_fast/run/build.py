@@ -20,7 +20,7 @@ from ..engine.batching import MEMORY_FRACTION, auto_batch, probe_call
 from ..engine.counting import CountingPath
 from ..engine.method import PurifiedClassifier
 from ..engine.options import BATCH_AUTO, assemble
-from ..models.classifiers import load_classifier
+from ..models.classifiers import CIFAR10_CLASSES, load_classifier
 from ..ops import resolve_backend
 from ..smoothing.certify import Smooth
 from .configs import RunSettings
@@ -79,8 +79,15 @@ def build_job(settings: RunSettings) -> Job:
     else:
         images = digits.test_set() if data.dataset == "demo" else load_dataset(data.dataset, data.path, data.split)
         stats = data.dataset if data.dataset in ("cifar10", "imagenet") else None
+        # What a library model (timm:, torchvision:, hf:) is checked and resized against.
+        size = tuple(images[0][0].shape[-2:]) if len(images) else None
+        classes = {"cifar10": (10, CIFAR10_CLASSES), "demo": (digits.NUM_CLASSES, None)}.get(data.dataset)
+        if classes is None and getattr(images, "classes", None):  # an ImageNet-style class tree
+            classes = (len(images.classes), None)
         classifier = load_classifier(models.classifier, stats, models.normalization,
-                                     trust_checkpoint=models.trust_checkpoint)
+                                     trust_checkpoint=models.trust_checkpoint, image_size=size,
+                                     num_classes=classes[0] if classes else None,
+                                     class_names=classes[1] if classes else None)
     classifier = classifier.to(device=device, dtype=engine.weights_dtype).eval()
     denoiser = None
     if method.uses_denoiser:

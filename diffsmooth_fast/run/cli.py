@@ -110,13 +110,17 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                        "(default: the dataset's, for cifar10 and imagenet)")
     model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default=_default(ModelConfig, "denoiser_defaults"),
                        help="whose defaults fill the OpenAI flags not given")
-    model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint, TorchScript file or module:function")
+    model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint (.pth.tar or .safetensors), TorchScript "
+                       "file, module:function, or a library model loaded offline with its own normalisation and "
+                       "input size: timm:MODEL_NAME[@WEIGHTS_FILE], torchvision:MODEL_NAME[:WEIGHTS_ENUM][@FILE], "
+                       "hf:MODEL_ID_OR_FOLDER")
     model.add_argument("--demo-classifier", type=float, choices=[0.0, 0.25, 0.5], metavar="NOISE",
                        help="demo: the shipped classifier trained with this Gaussian noise (0, 0.25, 0.5; default: "
                        "the one matching the noise the method's classifier sees)")
     model.add_argument("--normalization", choices=["auto", "normalize", "center", "none"],
                        default=_default(ModelConfig, "normalization"),
-                       help="the classifier's input normalisation (auto: by the checkpoint's folder layout, logged)")
+                       help="the classifier's input normalisation (auto: by the checkpoint's folder layout, or the "
+                       "library's own record for timm:, torchvision:, hf:; logged)")
     model.add_argument("--dtype", choices=list(DTYPES), default=_default(EngineOptions, "dtype"), help="models' precision (weights held "
                        "in it; see --autocast)")
     model.add_argument("--autocast", action="store_true", help="keep the weights in float32 and run the models "
