@@ -23,7 +23,7 @@ from ..checks import check_int
 from ..models.loading import load_checkpoint
 from ..models.unet import UNet
 from .from_diffusers import load_diffusers
-from .infer_flags import resolve_flags
+from .infer_flags import ResolvedFlags, resolve_flags
 from .openai_flags import OpenAIFlags, layout_mismatch, preset
 from .parametrization import PREDICTIONS, Parametrization
 from .schedule import Schedule
@@ -158,7 +158,7 @@ class Denoiser(nn.Module):
         """
         what, state = _read_state(checkpoint, trust_checkpoint)
         resolved = resolve_flags({k: tuple(v.shape) for k, v in state.items()}, flags, defaults, what=what)
-        log.info("%s: %s", what, resolved.summary())
+        log.info("%s", resolved.summary())
         den = cls.from_flags(resolved.flags, state, dtype=dtype, device=device, what=what)
         den.flag_sources = resolved.sources
         return den
@@ -307,6 +307,14 @@ class Denoiser(nn.Module):
         if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be an int or an integer tensor [B] with B = {x_t.shape[0]}")
         return t.to(device=x_t.device, dtype=torch.long)
+
+
+def read_openai_flags(checkpoint: Checkpoint, flags: Mapping[str, object] | None = None, defaults: str | None = None,
+                      *, trust_checkpoint: bool = False) -> ResolvedFlags:
+    """The flags :meth:`Denoiser.from_openai` would load ``checkpoint`` with, and where each came from (the file is
+    memory-mapped: only its tensor shapes are read)."""
+    what, state = _read_state(checkpoint, trust_checkpoint)
+    return resolve_flags({k: tuple(v.shape) for k, v in state.items()}, dict(flags or {}), defaults, what=what)
 
 
 def _read_state(checkpoint: Checkpoint, trust_checkpoint: bool) -> tuple[str, Mapping[str, torch.Tensor]]:

@@ -82,7 +82,7 @@ class ResolvedFlags:
             if source in groups:
                 parts.append(f"{label[source]}: {', '.join(groups.pop(source))}")
         for source in sorted(groups):
-            name = label.get(source) or f"{source} ({KNOWN_FILES.get(self.known, '')})"
+            name = label.get(source) or (f"{source} ({KNOWN_FILES[self.known]})" if self.known else source)
             parts.append(f"{name}: {', '.join(groups[source])}")
         return "denoiser flags " + "; ".join(parts)
 

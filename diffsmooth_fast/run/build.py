@@ -16,6 +16,7 @@ from torch import nn
 from ..data import digits, load_dataset
 from ..data.toy import make_toy
 from ..diffusion.denoiser import Denoiser
+from ..diffusion.from_diffusers import diffusers_folder
 from ..engine.batching import MEMORY_FRACTION, auto_batch, probe_call
 from ..engine.counting import CountingPath
 from ..engine.method import PurifiedClassifier
@@ -23,7 +24,7 @@ from ..engine.options import BATCH_AUTO, assemble
 from ..models.classifiers import load_classifier
 from ..ops import resolve_backend
 from ..smoothing.certify import Smooth
-from .configs import RunSettings
+from .configs import ModelConfig, RunSettings
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -83,8 +84,7 @@ def build_job(settings: RunSettings) -> Job:
     classifier = classifier.to(device=device, dtype=engine.weights_dtype).eval()
     denoiser = None
     if method.uses_denoiser:
-        denoiser = Denoiser.from_flags(models.flags(data.dataset), models.denoiser, dtype=engine.weights_dtype,
-                                       device=device, trust_checkpoint=models.trust_checkpoint)
+        denoiser = _load_denoiser(models, engine.weights_dtype, device)
     base = assemble(method, classifier, denoiser, engine, seed=sampling.seed)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
@@ -99,6 +99,17 @@ def build_job(settings: RunSettings) -> Job:
     base.networks.start()  # after the probes: no graph captured, nothing compiled, for their batch shapes
     smooth = Smooth(base, num_classes, seed=sampling.seed, backend=backend)
     return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
+
+
+def _load_denoiser(models: ModelConfig, dtype: torch.dtype, device: torch.device) -> Denoiser:
+    """The run's denoiser: a diffusers folder, or an OpenAI file with its flags (read from it, given, or a preset)."""
+    folder = diffusers_folder(models.denoiser)
+    if folder is not None:
+        return Denoiser.from_diffusers(folder, dtype=dtype, device=device)
+    resolved = models.resolved_flags()
+    log.info("%s", resolved.summary())
+    return Denoiser.from_flags(resolved.flags, models.denoiser, dtype=dtype, device=device,
+                               trust_checkpoint=models.trust_checkpoint)
 
 
 def _probe(base: PurifiedClassifier | CountingPath, images: Sequence, idx: int, sigma: float, seed: int, backend: str,
