@@ -150,3 +150,16 @@ def test_certify_demo_with_a_diffusers_denoiser(tmp_path):
     assert "diffusers:" in text and "scheduler_config.json" in text
     fused_rows, _ = _certify(tmp_path, folder, "--fused")
     assert fused_rows == rows  # the fused kernels count the same votes in float32
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--denoiser", "diffusers:nowhere"], "diffusers folder nowhere: no such directory"),
+    (["--denoiser", "diffusers:{folder}", "--num_channels", "32"], "brings its own model and scheduler configs"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, extra, match):
+    folder = save_pipeline(tmp_path / "ddpm", tiny_unet(), diffusers.DDPMScheduler())
+    capsys.readouterr()
+    assert main(["certify", "--dataset", "demo", "--out", str(tmp_path / "x.tsv"),
+                 *[e.format(folder=folder) for e in extra]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and match in err and not (tmp_path / "x.tsv").exists()
