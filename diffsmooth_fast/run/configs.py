@@ -85,7 +85,9 @@ class ModelConfig:
                                  "--denoiser-preset, --denoiser-defaults and the OpenAI flags")
             find_configs(folder)  # a missing folder or config fails here, before anything is written
         for path, what in ((self.denoiser, "--denoiser"), (self.classifier, "--classifier")):
-            if path is not None and not os.path.exists(path) and ":" not in path:
+            if path is None or os.path.exists(path):
+                continue
+            if not (folder is not None if what == "--denoiser" else ":" in path):  # diffusers:, module:function
                 raise ValueError(f"{what} {path}: no such file")
 
     def resolved_flags(self) -> ResolvedFlags | None:
