@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from diffsmooth_fast.diffusion.denoiser import Denoiser, read_openai_flags
+from diffsmooth_fast.diffusion.denoiser import Denoiser
+from diffsmooth_fast.diffusion.openai_files import read_openai_flags
 from diffsmooth_fast.diffusion.infer_flags import SHAPE_FLAGS, fingerprint, known_digests, layout_digest
 from diffsmooth_fast.diffusion.openai_flags import PRESETS, openai_flags
 from diffsmooth_fast.models import shipped

@@ -13,17 +13,16 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..checks import check_int
-from ..models.loading import load_checkpoint
 from ..models.unet import UNet
 from .from_diffusers import load_diffusers
-from .infer_flags import ResolvedFlags, resolve_flags
+from .infer_flags import resolve_flags
+from .openai_files import Checkpoint, read_state
 from .openai_flags import OpenAIFlags, layout_mismatch, preset
 from .parametrization import PREDICTIONS, Parametrization
 from .schedule import Schedule
@@ -31,7 +30,6 @@ from .schedule import Schedule
 log = logging.getLogger("diffsmooth_fast")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-Checkpoint = str | os.PathLike[str] | Mapping[str, torch.Tensor]
 @dataclass(frozen=True)
 class StepCoefficients:
     """The scalars of one step t, as float64 values (a kernel rounds them to float32, as OpenAI's code does)."""
@@ -156,7 +154,7 @@ class Denoiser(nn.Module):
             ValueError: an unknown flag (with close matches), a given flag the file contradicts (both values
                 named), required flags missing, an optimizer file, or a file that is no OpenAI UNet.
         """
-        what, state = _read_state(checkpoint, trust_checkpoint)
+        what, state = read_state(checkpoint, trust_checkpoint)
         resolved = resolve_flags({k: tuple(v.shape) for k, v in state.items()}, flags, defaults, what=what)
         log.info("%s", resolved.summary())
         den = cls.from_flags(resolved.flags, state, dtype=dtype, device=device, what=what)
@@ -214,7 +212,7 @@ class Denoiser(nn.Module):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
         device = torch.device(device)
-        named, state = _read_state(checkpoint, trust_checkpoint)
+        named, state = read_state(checkpoint, trust_checkpoint)
         what = what or named
         with torch.device("meta"):  # no memory: shapes only, filled from the checkpoint below
             unet = UNet(flags.unet_config())
@@ -307,56 +305,3 @@ class Denoiser(nn.Module):
         if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be an int or an integer tensor [B] with B = {x_t.shape[0]}")
         return t.to(device=x_t.device, dtype=torch.long)
-
-
-def read_openai_flags(checkpoint: Checkpoint, flags: Mapping[str, object] | None = None, defaults: str | None = None,
-                      *, trust_checkpoint: bool = False) -> ResolvedFlags:
-    """The flags :meth:`Denoiser.from_openai` would load ``checkpoint`` with, and where each came from (the file is
-    memory-mapped: only its tensor shapes are read)."""
-    what, state = _read_state(checkpoint, trust_checkpoint)
-    return resolve_flags({k: tuple(v.shape) for k, v in state.items()}, dict(flags or {}), defaults, what=what)
-
-
-def _read_state(checkpoint: Checkpoint, trust_checkpoint: bool) -> tuple[str, Mapping[str, torch.Tensor]]:
-    """(how errors name it, the state dict) of a file (torch or ``.safetensors``) or a state dict passed in."""
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        return "diffusion checkpoint", _state_dict(checkpoint, "diffusion checkpoint")
-    what = f"diffusion checkpoint {os.fspath(checkpoint)}"
-    if os.fspath(checkpoint).endswith(".safetensors"):
-        return what, _state_dict(read_safetensors(checkpoint, what="diffusion checkpoint"), what)
-    return what, _state_dict(load_checkpoint(checkpoint, what="diffusion checkpoint",
-                                             trust_checkpoint=trust_checkpoint), what)
-
-
-def read_safetensors(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file, on the CPU (the format holds no code: nothing to trust).
-
-    Raises:
-        ValueError: the safetensors package is missing, or the file is missing or not a safetensors file.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} {path}: no such file")
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise ValueError(f"{what} {path}: reading .safetensors needs the safetensors package "
-                         f"(pip install safetensors)") from None
-    try:
-        return load_file(path, device="cpu")
-    except Exception as exc:  # safetensors raises its own error types (SafetensorError, OSError)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{what} {path}: not a readable safetensors file ({first})") from None
-
-
-def _state_dict(obj: object, what: str) -> Mapping[str, torch.Tensor]:
-    """The checkpoint as a state dict of tensors, or a ValueError saying what the file is instead."""
-    if isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj:
-        raise ValueError(
-            f"{what} is an optimizer state (OpenAI's opt*.pt), not model weights: load the model*.pt or "
-            f"ema_*.pt file saved at the same step"
-        )
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        keys = ", ".join(map(str, list(obj)[:4])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{what} is not a state dict of tensors (OpenAI's model or EMA file); found {keys}")
-    return obj

@@ -4,7 +4,8 @@ Everything is float64 numpy, as in ``gaussian_diffusion.py``: the timestep t* th
 is a comparison against these values, so computing them in another precision or order could move t* by one.
 OpenAI's ``create_model_and_diffusion`` always builds a ``SpacedDiffusion`` (all steps kept when
 ``timestep_respacing`` is empty); the schedule here follows the same path, so respaced models work too and the
-full schedule is bit-identical to ``cumprod(1 - betas)``.
+full schedule is bit-identical to ``cumprod(1 - betas)``. A diffusers scheduler's schedule is taken as its
+cumulative products are (``TabulatedSchedule``); t* is chosen on either by the same rule (``Schedule.timestep``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from ..checks import check_float, check_int, is_number
 from ..data import DATASETS
-from ..diffusion.denoiser import read_openai_flags
+from ..diffusion.openai_files import read_openai_flags
 from ..diffusion.from_diffusers import diffusers_folder, find_configs
 from ..diffusion.infer_flags import ResolvedFlags
 from ..diffusion.openai_flags import FLAG_NAMES, OpenAIFlags, openai_flags, preset
@@ -59,7 +59,7 @@ class DataConfig:
 class ModelConfig:
     """The checkpoints: a diffusion model (``denoiser``: an OpenAI file, or ``diffusers:FOLDER``) and a classifier.
 
-    An OpenAI file's flags are read from it (:func:`~diffsmooth_fast.diffusion.denoiser.read_openai_flags`:
+    An OpenAI file's flags are read from it (:func:`~diffsmooth_fast.diffusion.openai_files.read_openai_flags`:
     the shapes, a known checkpoint's fingerprint, ``denoiser_defaults`` if named); ``denoiser_flags`` are (OpenAI
     name, value) pairs given on top, checked against the file. ``denoiser_preset`` takes a preset's flags instead,
     the given ones overriding it. (Their precision is an engine option: ``EngineOptions.dtype``.)
