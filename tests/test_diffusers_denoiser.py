@@ -100,6 +100,10 @@ def test_eps_and_one_step_reverse_agree_with_the_denoise(tmp_path):
         assert ((x0.clamp(-1, 1) + 1) / 2 - den(x_noisy, 0.25)).abs().max() <= 1e-5
         out = ReverseProcess(den, 0.25, 1)(x_noisy, SamplePositions(seed=0, idx=0, phase=0, first=0, count=2), 1, "torch")
     assert (out - den(x_noisy, 0.25)).abs().max() <= 1e-5
+    with torch.no_grad():  # several steps run on the scheduler's schedule and variance
+        many = ReverseProcess(den, 0.25, 4)(x_noisy, SamplePositions(seed=0, idx=0, phase=0, first=0, count=2), 1,
+                                             "torch")
+    assert many.shape == x.shape and 0 <= many.min() and many.max() <= 1 and not torch.equal(many, out)
 
 
 def test_fused_path_only_for_clamped_eps(tmp_path):
