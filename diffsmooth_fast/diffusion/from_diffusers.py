@@ -16,6 +16,7 @@ Spec on the command line: ``--denoiser diffusers:FOLDER``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from torch import nn
 
 from .parametrization import Parametrization
 from .schedule import TabulatedSchedule
+
+log = logging.getLogger("diffsmooth_fast")
 
 PREFIX = "diffusers:"
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -128,6 +131,9 @@ def load_diffusers(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch
                          f"variance_type {variance!r} does not explain")
     class_cond = model.config.get("num_class_embeds") is not None or model.config.get("class_embed_type") is not None
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    log.info("denoiser %s: diffusers UNet2DModel (%d parameters), %s schedule of %d steps, prediction %s, x0 %s",
+             folder, sum(p.numel() for p in model.parameters()), name, len(schedule), prediction,
+             "not clamped" if clip is None else f"clamped to [-{clip:g}, {clip:g}]")
     return DiffusersUNet(model), Parametrization(schedule, prediction, clip, class_cond, _VARIANCES[variance])
 
 
