@@ -139,16 +139,18 @@ def test_safetensors_checkpoint(tmp_path):
 
 def _certify(tmp_path, *extra):
     out = tmp_path / "run.tsv"
-    return main(["certify", "--dataset", "demo", "--n", "20", "--n0", "10", "--max", "1", "--quiet", "--out", str(out),
+    return main(["certify", "--dataset", "demo", "--n", "20", "--n0", "10", "--max", "1", "--out", str(out),
                  "--overwrite", *extra]), out
 
 
-def test_cli_denoiser_file_with_no_flags(tmp_path, caplog, capsys):
+def test_cli_denoiser_file_with_no_flags(tmp_path, capsys):
     path = str(shipped.DIFFUSION_CHECKPOINT)
-    with caplog.at_level(logging.INFO, logger="diffsmooth_fast"):
-        code, out = _certify(tmp_path, "--denoiser", path)
+    capsys.readouterr()
+    code, out = _certify(tmp_path, "--denoiser", path, "--num_heads", "4")
     assert code == 0 and len(out.read_text().splitlines()) == 2
-    assert "known checkpoint demo (the demo's digits model)" in caplog.text
+    err = capsys.readouterr().err  # where each flag came from, on stderr
+    assert "denoiser flags read from the tensor shapes: num_channels=32" in err
+    assert "given: num_heads=4; known checkpoint demo (the demo's digits model): image_size=8" in err
     flags = json.loads((tmp_path / "run.tsv.json").read_text())
     assert "cosine" in json.dumps(flags)  # the recorded settings hold the flags read from the file
     capsys.readouterr()

@@ -121,7 +121,9 @@ def load_diffusers(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch
     name = f"{type(scheduler).__name__} {config.get('beta_schedule', 'trained_betas')}"
     schedule = TabulatedSchedule(abar, name)
     try:
-        model = diffusers.UNet2DModel.from_pretrained(os.fspath(unet_dir), local_files_only=True)
+        # Loaded straight in the run's dtype (diffusers warns about a cast after loading); no accelerate needed.
+        model = diffusers.UNet2DModel.from_pretrained(os.fspath(unet_dir), local_files_only=True, torch_dtype=dtype,
+                                                      low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"diffusers model {unet_dir}: cannot load ({first})") from None
@@ -130,11 +132,10 @@ def load_diffusers(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch
         raise ValueError(f"diffusers model {unet_dir} gives {out_ch} channels for {in_ch}, which the scheduler's "
                          f"variance_type {variance!r} does not explain")
     class_cond = model.config.get("num_class_embeds") is not None or model.config.get("class_embed_type") is not None
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    log.info("denoiser %s: diffusers UNet2DModel (%d parameters), %s schedule of %d steps, prediction %s, x0 %s",
-             folder, sum(p.numel() for p in model.parameters()), name, len(schedule), prediction,
-             "not clamped" if clip is None else f"clamped to [-{clip:g}, {clip:g}]")
-    return DiffusersUNet(model), Parametrization(schedule, prediction, clip, class_cond, _VARIANCES[variance])
+    model = model.to(device).eval().requires_grad_(False)
+    param = Parametrization(schedule, prediction, clip, class_cond, _VARIANCES[variance])
+    log.info("denoiser %s: diffusers UNet2DModel, %s", folder, param.describe())
+    return DiffusersUNet(model), param
 
 
 def _read_json(path: Path) -> dict:

@@ -30,6 +30,8 @@ SHAPE_FLAGS = ("num_channels", "channel_mult", "num_res_blocks", "attention_reso
                "resblock_updown", "use_scale_shift_norm", "class_cond")
 #: flags that change the denoise and have no trustworthy default: a fingerprint, the user or named defaults
 REQUIRED = ("diffusion_steps", "noise_schedule")
+#: flags that change nothing in a denoise (training, loss and storage settings): left out of the summary
+RECORDED_ONLY = ("dropout", "use_checkpoint", "use_fp16", "use_kl", "rescale_learned_sigmas")
 #: the public checkpoints each preset describes (for the log)
 KNOWN_FILES = {"cifar10": "improved-diffusion's cifar10_uncond_50M_500K.pt",
                "imagenet": "guided-diffusion's 256x256_diffusion_uncond.pt",
@@ -70,10 +72,12 @@ class ResolvedFlags:
     known: str | None = None  # the preset the fingerprint matched
 
     def summary(self) -> str:
-        """One line for the log: the flags grouped by source."""
+        """One line for the log: the flags grouped by source (those that change no denoise only when given)."""
         groups: dict[str, list[str]] = {}
         values = self.flags.to_dict()
         for name in FLAG_NAMES:
+            if name in RECORDED_ONLY and self.sources[name] != GIVEN:
+                continue
             groups.setdefault(self.sources[name], []).append(f"{name}={values[name]!r}")
         label = {GIVEN: "given", SHAPES: "read from the tensor shapes",
                  DEFAULTS: f"{self.flags.defaults}-diffusion's defaults"}

@@ -45,3 +45,9 @@ class Parametrization:
         """OpenAI's: eps (or x0 with predict_xstart), x0 always clipped to [-1, 1] (``clip_denoised=True``)."""
         variance = "learned_range" if flags.learn_sigma else "fixed_small" if flags.sigma_small else "fixed_large"
         return cls(flags.schedule(), "sample" if flags.predict_xstart else "epsilon", 1.0, flags.class_cond, variance)
+
+    def describe(self) -> str:
+        """One line for logs: the schedule, what is predicted, how x0 is clamped."""
+        name = getattr(self.schedule, "name", "") or type(self.schedule).__name__
+        clamp = "not clamped" if self.clip is None else f"clamped to [-{self.clip:g}, {self.clip:g}]"
+        return f"{name} schedule of {len(self.schedule)} steps, prediction {self.prediction}, x0 {clamp}"

@@ -7,6 +7,7 @@ checkpoints, a dataset the models cannot take, a model that returns NaN.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -84,7 +85,7 @@ def build_job(settings: RunSettings) -> Job:
     classifier = classifier.to(device=device, dtype=engine.weights_dtype).eval()
     denoiser = None
     if method.uses_denoiser:
-        denoiser = _load_denoiser(models, engine.weights_dtype, device)
+        denoiser = _load_denoiser(models, engine.weights_dtype, device, quiet=settings.output.quiet)
     base = assemble(method, classifier, denoiser, engine, seed=sampling.seed)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
@@ -101,13 +102,18 @@ def build_job(settings: RunSettings) -> Job:
     return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
 
 
-def _load_denoiser(models: ModelConfig, dtype: torch.dtype, device: torch.device) -> Denoiser:
-    """The run's denoiser: a diffusers folder, or an OpenAI file with its flags (read from it, given, or a preset)."""
+def _load_denoiser(models: ModelConfig, dtype: torch.dtype, device: torch.device, *, quiet: bool) -> Denoiser:
+    """The run's denoiser: a diffusers folder, or an OpenAI file with its flags (read from it, given, or a preset;
+    where each came from is said on stderr unless ``quiet``)."""
     folder = diffusers_folder(models.denoiser)
     if folder is not None:
-        return Denoiser.from_diffusers(folder, dtype=dtype, device=device)
+        denoiser = Denoiser.from_diffusers(folder, dtype=dtype, device=device)
+        if not quiet:
+            print(f"denoiser {models.denoiser}: {denoiser.parametrization.describe()}", file=sys.stderr)
+        return denoiser
     resolved = models.resolved_flags()
-    log.info("%s", resolved.summary())
+    if not quiet:
+        print(resolved.summary(), file=sys.stderr)
     return Denoiser.from_flags(resolved.flags, models.denoiser, dtype=dtype, device=device,
                                trust_checkpoint=models.trust_checkpoint)
 
