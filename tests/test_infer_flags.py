@@ -97,6 +97,13 @@ def test_layouts_load_without_shape_flags_and_match_the_reference(name):
     assert (out - case["denoised"]).abs().max() <= 1e-5
 
 
+def test_given_head_split_replaces_the_presets():
+    den = Denoiser.from_openai(meta_state("imagenet"), device="meta", num_heads=8)
+    assert (den.flags.num_heads, den.flags.num_head_channels) == (8, -1)  # not the preset's num_head_channels=64
+    assert den.unet.config.heads(256) == 8 and den.flags.diffusion_steps == 1000
+    assert den.flag_sources["num_head_channels"] == "defaults"
+
+
 def test_unknown_file_needs_the_diffusion_flags():
     state = case_state(CASES["guided_legacy_heads"])
     with pytest.raises(ValueError, match="not a known checkpoint and its tensors cannot tell diffusion_steps, "
@@ -146,11 +153,11 @@ def _certify(tmp_path, *extra):
 def test_cli_denoiser_file_with_no_flags(tmp_path, capsys):
     path = str(shipped.DIFFUSION_CHECKPOINT)
     capsys.readouterr()
-    code, out = _certify(tmp_path, "--denoiser", path, "--num_heads", "4")
+    code, out = _certify(tmp_path, "--denoiser", path, "--image_size", "8")
     assert code == 0 and len(out.read_text().splitlines()) == 2
     err = capsys.readouterr().err  # where each flag came from, on stderr
     assert "denoiser flags read from the tensor shapes: num_channels=32" in err
-    assert "given: num_heads=4; known checkpoint demo (the demo's digits model): image_size=8" in err
+    assert "given: image_size=8; known checkpoint demo (the demo's digits model): num_heads=4" in err
     flags = json.loads((tmp_path / "run.tsv.json").read_text())
     assert "cosine" in json.dumps(flags)  # the recorded settings hold the flags read from the file
     capsys.readouterr()

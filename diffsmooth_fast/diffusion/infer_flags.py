@@ -30,6 +30,8 @@ SHAPE_FLAGS = ("num_channels", "channel_mult", "num_res_blocks", "attention_reso
                "resblock_updown", "use_scale_shift_norm", "class_cond")
 #: flags that change the denoise and have no trustworthy default: a fingerprint, the user or named defaults
 REQUIRED = ("diffusion_steps", "noise_schedule")
+#: the attention head split: given in part, the rest is not taken from a preset
+HEAD_FLAGS = ("num_heads", "num_head_channels", "num_heads_upsample")
 #: flags that change nothing in a denoise (training, loss and storage settings): left out of the summary
 RECORDED_ONLY = ("dropout", "use_checkpoint", "use_fp16", "use_kl", "rescale_learned_sigmas")
 #: the public checkpoints each preset describes (for the log)
@@ -126,6 +128,12 @@ def resolve_flags(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, obj
             values[name], sources[name] = given[name], GIVEN
         elif name not in SHAPE_FLAGS:
             values[name], sources[name] = getattr(base, name), base_source
+    if any(name in given for name in HEAD_FLAGS):
+        # The head split is one choice: num_heads given means no num_head_channels from a preset (which would win).
+        generic = openai_flags(defaults or "guided")
+        for name in HEAD_FLAGS:
+            if name not in given:
+                values[name], sources[name] = getattr(generic, name), DEFAULTS
     missing = [n for n in REQUIRED if sources[n] == DEFAULTS and defaults is None]
     if missing:
         raise ValueError(f"{what} is not a known checkpoint and its tensors cannot tell {', '.join(missing)}: give "
