@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ with open(os.path.join(DATA, "layouts.json")) as _f:
     LAYOUTS = json.load(_f)
 
 SMALL = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
-             num_heads=2, learn_sigma=True)
+             num_heads=2, learn_sigma=True, diffusion_steps=1000, noise_schedule="linear")
 
 
 def state_for(defaults: str = "guided", seed: int = 0, **flags) -> dict[str, torch.Tensor]:
@@ -202,6 +203,8 @@ def test_from_preset_full_size_on_meta(name):
     wrong_size = {k: v for k, v in PRESETS[name].to_dict().items() if k != "image_size"}
     wrong_size["image_size"] = 64
     with pytest.raises(ValueError, match=r"probably image_size=(32|256) \(given 64\);"):
+        Denoiser.from_flags(openai_flags(PRESETS[name].defaults, **wrong_size), state, device="meta")
+    with pytest.raises(ValueError, match=r"only with image_size=(32|256) \(not 64\)"):  # flags read from the file
         Denoiser.from_openai(state, defaults=PRESETS[name].defaults, device="meta", **wrong_size)
     with pytest.raises(ValueError, match="unknown preset 'cifar': .*did you mean 'cifar10'"):
         Denoiser.from_preset("cifar", state)
@@ -260,9 +263,39 @@ WRONG = [
 
 @pytest.mark.parametrize("file_flags,given,phrase", WRONG)
 def test_wrong_flag_is_named(tmp_path, file_flags, given, phrase):
+    """All flags as given (from_flags): the diagnosis names the flag that is probably wrong."""
     path = save(tmp_path, state_for(**{**SMALL, **file_flags}))
     with pytest.raises(ValueError, match="does not fit the flags: probably " + phrase):
-        Denoiser.from_openai(path, **{**SMALL, **given})
+        Denoiser.from_flags(openai_flags(**{**SMALL, **given}), path)
+
+
+GIVEN_WRONG = [  # (flags of the file, a flag given, the file's value)
+    (dict(), dict(learn_sigma=False), "learn_sigma=True"),
+    (dict(), dict(num_channels=64), "num_channels=32"),
+    (dict(), dict(num_res_blocks=2), "num_res_blocks=1"),
+    (dict(), dict(channel_mult="1,2,2"), "channel_mult='1,2'"),
+    (dict(class_cond=True), dict(class_cond=False), "class_cond=True"),
+    (dict(resblock_updown=True), dict(resblock_updown=False), "resblock_updown=True"),
+    (dict(use_scale_shift_norm=False), dict(use_scale_shift_norm=True), "use_scale_shift_norm=False"),
+]
+
+
+@pytest.mark.parametrize("file_flags,given,found", GIVEN_WRONG)
+def test_given_flag_contradicting_the_file_names_both_values(tmp_path, file_flags, given, found):
+    """Flags read from the file (from_openai): a given flag the shapes contradict is refused with both values."""
+    path = save(tmp_path, state_for(**{**SMALL, **file_flags}))
+    (name, value), = given.items()
+    shown = f"'{value}'" if isinstance(value, str) else str(value)
+    with pytest.raises(ValueError, match=re.escape(f"does not fit the flags: {found} in the file, given {shown}")):
+        Denoiser.from_openai(path, **{**SMALL, **file_flags, **given})
+    with pytest.raises(ValueError, match=re.escape("attention_resolutions '8' puts attention where the file has it "
+                                                   "only with image_size=16 (not 32)")):
+        Denoiser.from_openai(path, **{**SMALL, **file_flags, "attention_resolutions": "8"})
+    # and with those flags left out, they are read from the file
+    den = Denoiser.from_openai(path, **{k: v for k, v in SMALL.items() if k in ("diffusion_steps", "noise_schedule",
+                                                                                 "num_heads", "image_size")})
+    assert den.flags.to_dict() == openai_flags(**{**SMALL, **file_flags}).to_dict()
+    assert den.flag_sources["num_channels"] == "shapes" and den.flag_sources["diffusion_steps"] == "given"
 
 
 def test_call_errors():

@@ -1,31 +1,35 @@
-"""One-shot denoising with a pretrained OpenAI diffusion model (DiffSmooth's Algorithms 1 and 2).
+"""One-shot denoising with a pretrained diffusion model (DiffSmooth's Algorithms 1 and 2).
 
 A noisy image x + sigma*delta in pixel units is read as the diffusion's x_t at the step t* whose noise level
-matches sigma, and the model's noise prediction gives x0 in one step, with no sampling noise at all (the
-reference's ``p_sample`` draws a ``randn_like`` that it then discards).
+matches sigma, and the model's prediction (noise, x0 or v) gives x0 in one step, with no sampling noise at all
+(the reference's ``p_sample`` draws a ``randn_like`` that it then discards). OpenAI's improved-/guided-diffusion
+files load into the project's UNet (flags given or read from the file); diffusers' ``UNet2DModel`` folders load
+through :mod:`~diffsmooth_fast.diffusion.from_diffusers`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..checks import check_int
-from ..models.loading import load_checkpoint
 from ..models.unet import UNet
-from .openai_flags import OpenAIFlags, layout_mismatch, openai_flags, preset
-from .schedule import DiffusionSchedule
+from .from_diffusers import load_diffusers
+from .infer_flags import resolve_flags
+from .openai_files import Checkpoint, read_state
+from .openai_flags import OpenAIFlags, layout_mismatch, preset
+from .parametrization import PREDICTIONS, Parametrization
+from .schedule import Schedule
+
+log = logging.getLogger("diffsmooth_fast")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-Checkpoint = str | os.PathLike[str] | Mapping[str, torch.Tensor]
-
-
 @dataclass(frozen=True)
 class StepCoefficients:
     """The scalars of one step t, as float64 values (a kernel rounds them to float32, as OpenAI's code does)."""
@@ -35,15 +39,15 @@ class StepCoefficients:
     sqrt_alpha_bar: float  # sqrt(abar_t)
     sqrt_recip_alpha_bar: float  # sqrt(1 / abar_t)
     sqrt_recipm1_alpha_bar: float  # sqrt(1 / abar_t - 1)
+    sqrt_one_minus_alpha_bar: float  # sqrt(1 - abar_t)
 
 
-def step_coefficients(schedule: DiffusionSchedule, t: int) -> StepCoefficients:
+def step_coefficients(schedule: Schedule, t: int) -> StepCoefficients:
     """The coefficients of step t of ``schedule`` (0 <= t < len(schedule))."""
     check_int("timestep", t, 0, below=len(schedule))
     abar = float(schedule.alphas_cumprod[t])
-    return StepCoefficients(
-        t, schedule.model_timestep(t), math.sqrt(abar), math.sqrt(1.0 / abar), math.sqrt(1.0 / abar - 1)
-    )
+    return StepCoefficients(t, schedule.model_timestep(t), math.sqrt(abar), math.sqrt(1.0 / abar),
+                            math.sqrt(1.0 / abar - 1), math.sqrt(1.0 - abar))
 
 
 def noisy_to_model_input(x_noisy: torch.Tensor, sqrt_alpha_bar: float) -> torch.Tensor:
@@ -53,20 +57,33 @@ def noisy_to_model_input(x_noisy: torch.Tensor, sqrt_alpha_bar: float) -> torch.
 
 def eps_to_denoised(x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
     """x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps, clamped to [-1, 1], back to pixels [0, 1]."""
-    x0 = c.sqrt_recip_alpha_bar * x_t - c.sqrt_recipm1_alpha_bar * eps
-    return x0_to_pixels(x0)
+    return x0_to_pixels(predict_x0(x_t, eps, c, "epsilon"))
 
 
-def x0_to_pixels(x0: torch.Tensor) -> torch.Tensor:
-    """Clamp a predicted x0 to [-1, 1] and map it to pixels in [0, 1]."""
-    return (x0.clamp(-1, 1) + 1) / 2
+def predict_x0(x_t: torch.Tensor, out: torch.Tensor, c: StepCoefficients, prediction: str) -> torch.Tensor:
+    """x0 (in [-1, 1] image units, not clamped) from the network's output at the step of ``c``:
+    ``epsilon``: sqrt(1/abar) x_t - sqrt(1/abar - 1) eps; ``sample``: the output; ``v_prediction``:
+    sqrt(abar) x_t - sqrt(1 - abar) v."""
+    if prediction == "epsilon":
+        return c.sqrt_recip_alpha_bar * x_t - c.sqrt_recipm1_alpha_bar * out
+    if prediction == "sample":
+        return out
+    if prediction == "v_prediction":
+        return c.sqrt_alpha_bar * x_t - c.sqrt_one_minus_alpha_bar * out
+    raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+
+
+def x0_to_pixels(x0: torch.Tensor, clip: float | None = 1.0) -> torch.Tensor:
+    """Clamp a predicted x0 to [-clip, clip] (not at all if None) and map it from [-1, 1] to pixels [0, 1]."""
+    return ((x0 if clip is None else x0.clamp(-clip, clip)) + 1) / 2
 
 
 class Denoiser(nn.Module):
-    """A pretrained OpenAI diffusion UNet used as a one-shot denoiser.
+    """A pretrained diffusion UNet used as a one-shot denoiser.
 
     ``den(x_noisy, sigma)`` maps x_noisy [B, C, H, W] (images in [0, 1] plus N(0, sigma^2) noise) to denoised
-    images [B, C, H, W] in [0, 1]. Build one with :meth:`from_openai` or :meth:`from_preset`.
+    images [B, C, H, W] in [0, 1] (unclamped when a diffusers scheduler says ``clip_sample=False``). Build one
+    with :meth:`from_openai`, :meth:`from_preset` or :meth:`from_diffusers`.
 
     For speed on a GPU the model may run in channels_last (``den.to(memory_format=torch.channels_last)`` and
     channels_last inputs: the same function, outputs in channels_last) and/or with float32 weights under
@@ -74,15 +91,22 @@ class Denoiser(nn.Module):
     input's dtype); tests/test_unet.py checks both against the reference.
 
     Args:
-        unet: the network, its weights loaded.
-        flags: the OpenAI flags it was built with.
+        unet: the network, its weights loaded: ``unet(x_t [B, C, H, W], steps [B], y [B] or None)`` -> [B, C or
+            2C, H, W] (the project's :class:`~diffsmooth_fast.models.unet.UNet` or a diffusers adapter).
+        flags: the OpenAI flags it was built with (None for other sources).
+        parametrization: how steps and outputs relate to x0; derived from ``flags`` when None.
     """
 
-    def __init__(self, unet: UNet, flags: OpenAIFlags) -> None:
+    def __init__(self, unet: nn.Module, flags: OpenAIFlags | None = None, *,
+                 parametrization: Parametrization | None = None) -> None:
         super().__init__()
+        if (flags is None) == (parametrization is None):
+            raise ValueError("give the OpenAI flags or a Parametrization (exactly one)")
         self.unet = unet
         self.flags = flags
-        self.schedule = flags.schedule()
+        self.parametrization = parametrization or Parametrization.from_flags(flags)
+        self.schedule = self.parametrization.schedule
+        self.flag_sources: dict[str, str] = {}  # OpenAI flag -> where it came from (from_openai fills it)
         device = next(unet.parameters()).device
         # OpenAI's _WrappedModel maps a (respaced) step to its original step before the network sees it.
         self.register_buffer("timestep_map", torch.tensor(self.schedule.timestep_map, device=device), persistent=False)
@@ -96,18 +120,25 @@ class Denoiser(nn.Module):
         cls,
         checkpoint: Checkpoint,
         *,
-        defaults: str = "guided",
+        defaults: str | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
         **flags: object,
     ) -> Denoiser:
-        """Load an OpenAI improved-/guided-diffusion model or EMA file as it is.
+        """Load an OpenAI improved-/guided-diffusion model or EMA file (``.pt`` or ``.safetensors``) as it is.
+
+        Flags the tensor shapes fix (widths, blocks, attention levels, learn_sigma, resblock_updown,
+        use_scale_shift_norm, class_cond) are read from the file; the others come from the flags given, else from
+        the preset of a known checkpoint with the same layout (improved-diffusion's
+        ``cifar10_uncond_50M_500K.pt``, guided-diffusion's ``256x256_diffusion_uncond.pt``), else from the
+        ``defaults`` repository (see :mod:`~diffsmooth_fast.diffusion.infer_flags`). Where each flag came from is
+        logged and kept in ``den.flag_sources``.
 
         Args:
-            checkpoint: path of the ``.pt`` file (``torch.save`` of the state dict), or the state dict itself.
-            defaults: ``"guided"`` (guided-diffusion's ``model_and_diffusion_defaults()``) or ``"improved"``
-                (improved-diffusion's) for the flags not given; see :mod:`diffsmooth_fast.diffusion.openai_flags`.
+            checkpoint: path of the file (``torch.save`` of the state dict, or safetensors), or the state dict.
+            defaults: ``"guided"`` or ``"improved"``: whose defaults fill the flags nothing else gives; None (the
+                default): the file must be a known checkpoint or ``diffusion_steps`` and ``noise_schedule`` given.
             dtype: weights and activations: float32, float16 or bfloat16 (GroupNorm and softmax run in float32).
             device: where the model lives.
             trust_checkpoint: allow a file that needs arbitrary code to unpickle.
@@ -115,16 +146,41 @@ class Denoiser(nn.Module):
 
         Tensors are copied (and converted) one at a time from the memory-mapped file into a meta-initialised
         model, so memory holds one copy of the weights; the model never aliases the file, which a training run
-        may rewrite, nor a state dict passed in. ``num_heads``,
-        ``num_head_channels``, ``use_new_attention_order`` and the diffusion flags change no tensor shape, so a
-        wrong value there cannot be detected from the file: it loads and gives wrong outputs.
+        may rewrite, nor a state dict passed in. ``num_heads``, ``num_head_channels``,
+        ``use_new_attention_order``, ``predict_xstart`` and the diffusion flags change no tensor shape, so a
+        wrong value given there cannot be detected from the file: it loads and gives wrong outputs.
 
         Raises:
-            ValueError: an unknown flag (with close matches), an optimizer file, or a checkpoint that does not fit
-                the flags (naming the flag that is probably wrong, and the mismatching keys and shapes).
+            ValueError: an unknown flag (with close matches), a given flag the file contradicts (both values
+                named), required flags missing, an optimizer file, or a file that is no OpenAI UNet.
         """
-        return cls.from_flags(openai_flags(defaults, **flags), checkpoint, dtype=dtype, device=device,
-                              trust_checkpoint=trust_checkpoint)
+        what, state = read_state(checkpoint, trust_checkpoint)
+        resolved = resolve_flags({k: tuple(v.shape) for k, v in state.items()}, flags, defaults, what=what)
+        log.info("%s", resolved.summary())
+        den = cls.from_flags(resolved.flags, state, dtype=dtype, device=device, what=what)
+        den.flag_sources = resolved.sources
+        return den
+
+    @classmethod
+    def from_diffusers(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Denoiser:
+        """Load a diffusers ``UNet2DModel`` and its scheduler's training schedule from ``folder`` (a pipeline
+        folder with ``unet/`` and ``scheduler/``, or one folder holding both configs), offline. The scheduler's
+        ``prediction_type`` (epsilon, sample, v_prediction), ``clip_sample`` and ``clip_sample_range`` are
+        followed; see :mod:`~diffsmooth_fast.diffusion.from_diffusers`.
+
+        Raises:
+            ValueError: diffusers missing, a folder without the configs, or a model/scheduler this cannot use.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        unet, parametrization = load_diffusers(folder, dtype=dtype, device=torch.device(device))
+        return cls(unet, parametrization=parametrization)
 
     @classmethod
     def from_preset(
@@ -149,16 +205,15 @@ class Denoiser(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         trust_checkpoint: bool = False,
+        what: str | None = None,
     ) -> Denoiser:
-        """Load ``checkpoint`` into the model that ``flags`` describe (see :meth:`from_openai`)."""
+        """Load ``checkpoint`` into the model that ``flags`` describe, all of them as given (nothing inferred;
+        a file that does not fit is refused naming the flag that is probably wrong). See :meth:`from_openai`."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
         device = torch.device(device)
-        what = "diffusion checkpoint"
-        if isinstance(checkpoint, (str, os.PathLike)):
-            what = f"diffusion checkpoint {os.fspath(checkpoint)}"
-            checkpoint = load_checkpoint(checkpoint, what="diffusion checkpoint", trust_checkpoint=trust_checkpoint)
-        state = _state_dict(checkpoint, what)
+        named, state = read_state(checkpoint, trust_checkpoint)
+        what = what or named
         with torch.device("meta"):  # no memory: shapes only, filled from the checkpoint below
             unet = UNet(flags.unet_config())
         expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
@@ -176,7 +231,28 @@ class Denoiser(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The precision of the network's weights and activations."""
-        return self.unet.time_embed[0].weight.dtype
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def prediction(self) -> str:
+        """What the network predicts: ``epsilon``, ``sample`` (x0) or ``v_prediction``."""
+        return self.parametrization.prediction
+
+    @property
+    def clip(self) -> float | None:
+        """x0 is clamped to [-clip, clip] before the map to pixels (None: not clamped)."""
+        return self.parametrization.clip
+
+    @property
+    def class_cond(self) -> bool:
+        """Whether the network takes class labels."""
+        return self.parametrization.class_cond
+
+    @property
+    def fuses_denoise(self) -> bool:
+        """Whether the one-shot denoise is what ``ops.denoise_replicate`` computes from the network's output:
+        predicted noise, x0 clamped to [-1, 1]. Otherwise the engine takes the plain path."""
+        return self.prediction == "epsilon" and self.clip == 1.0
 
     def timestep(self, sigma: float) -> int:
         """t* for noise std ``sigma`` (pixel units, > 0): Algorithm 1 on the model's own schedule."""
@@ -187,7 +263,7 @@ class Denoiser(nn.Module):
         return step_coefficients(self.schedule, self.timestep(sigma))
 
     def model_output(self, x_t: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's first C output channels (eps, or x0 when predict_xstart) at steps t, in x_t's dtype.
+        """The network's first C output channels (eps, x0 or v: ``prediction``) at steps t, in x_t's dtype.
 
         Args:
             x_t: [B, C, H, W] diffusion inputs (roughly in [-1, 1] scaled by sqrt(abar)).
@@ -198,17 +274,19 @@ class Denoiser(nn.Module):
         ts = self.timestep_map[t]
         if self.schedule.rescale_timesteps:
             ts = ts.float() * (1000.0 / self.schedule.num_steps)  # in float32, as OpenAI's _WrappedModel
-        if (y is None) != (not self.flags.class_cond):
+        if (y is None) != (not self.class_cond):
             raise ValueError("pass class labels y [B] iff the model is class-conditional (class_cond=True)")
         return self.unet(x_t, ts, y)[:, : x_t.shape[1]]
 
     def eps(self, x_t: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted noise eps [B, C, H, W] at steps t (derived from x0 when the model predicts x0)."""
+        """Predicted noise eps [B, C, H, W] at steps t (derived when the model predicts x0 or v)."""
         out = self.model_output(x_t, t, y)
-        if not self.flags.predict_xstart:
+        if self.prediction == "epsilon":
             return out
         t = self._steps(t, x_t)
         recip, recipm1 = (b[t].reshape(-1, 1, 1, 1) for b in (self.sqrt_recip_alpha_bar, self.sqrt_recipm1_alpha_bar))
+        if self.prediction == "v_prediction":  # eps = sqrt(abar) v + sqrt(1 - abar) x_t
+            return (out + recipm1 * x_t) / recip
         return (recip * x_t - out) / recipm1
 
     def forward(self, x_noisy: torch.Tensor, sigma: float, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,9 +296,7 @@ class Denoiser(nn.Module):
         c = self.coefficients(sigma)
         x_t = noisy_to_model_input(x_noisy, c.sqrt_alpha_bar)
         out = self.model_output(x_t, c.t, y)
-        if self.flags.predict_xstart:
-            return x0_to_pixels(out)
-        return eps_to_denoised(x_t, out, c)
+        return x0_to_pixels(predict_x0(x_t, out, c, self.prediction), self.clip)
 
     def _steps(self, t: int | torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
         if isinstance(t, numbers.Integral) and not isinstance(t, bool):  # numpy integers too
@@ -229,16 +305,3 @@ class Denoiser(nn.Module):
         if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.shape != (x_t.shape[0],):
             raise ValueError(f"t must be an int or an integer tensor [B] with B = {x_t.shape[0]}")
         return t.to(device=x_t.device, dtype=torch.long)
-
-
-def _state_dict(obj: object, what: str) -> Mapping[str, torch.Tensor]:
-    """The checkpoint as a state dict of tensors, or a ValueError saying what the file is instead."""
-    if isinstance(obj, Mapping) and "state" in obj and "param_groups" in obj:
-        raise ValueError(
-            f"{what} is an optimizer state (OpenAI's opt*.pt), not model weights: load the model*.pt or "
-            f"ema_*.pt file saved at the same step"
-        )
-    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
-        keys = ", ".join(map(str, list(obj)[:4])) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{what} is not a state dict of tensors (OpenAI's model or EMA file); found {keys}")
-    return obj

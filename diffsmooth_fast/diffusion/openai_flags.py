@@ -11,12 +11,12 @@ both modes; improved-diffusion's missing flags default to the values that reprod
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..checks import check_float, check_int, is_int, is_number
 from ..models.unet import UNetConfig
+from .layout import read_layout
 from .schedule import DiffusionSchedule
 
 NUM_CLASSES = 1000  # OpenAI's class-conditional models are ImageNet models
@@ -166,47 +166,20 @@ def openai_flags(defaults: str = "guided", **flags: object) -> OpenAIFlags:
 
 # --- a checkpoint that does not fit the flags ------------------------------------------------------------------
 
-_BLOCK_KEY = re.compile(r"^output_blocks\.(\d+)\.(\d+)\.(.+)$")
-
-
 def infer_flags(shapes: Mapping[str, tuple[int, ...]], image_size: int) -> dict[str, object]:
-    """The model flags a state dict's layout reveals (as far as it can; heads and dropout it cannot).
+    """The model flags a state dict's layout reveals, as OpenAI writes them ({} when it is no OpenAI UNet).
 
     Args:
         shapes: tensor name -> shape of an OpenAI UNet state dict.
         image_size: the training resolution, needed to express attention as resolutions.
     """
-    found: dict[str, object] = {}
-    if len(shapes.get("time_embed.0.weight", ())) == 2:
-        found["num_channels"] = mc = shapes["time_embed.0.weight"][1]
-    else:
-        return found
-    if shapes.get("out.2.weight", (0,))[0] in (3, 6):
-        found["learn_sigma"] = shapes["out.2.weight"][0] == 6
-    found["class_cond"] = "label_emb.weight" in shapes
-    layers: dict[int, dict[int, set[str]]] = {}
-    for key in shapes:
-        m = _BLOCK_KEY.match(key)
-        if m:
-            layers.setdefault(int(m[1]), {}).setdefault(int(m[2]), set()).add(m[3])
-    if not layers or sorted(layers) != list(range(len(layers))):
-        return found
-    ups = [i for i, block in layers.items() if len(block) > 1 and any(
-        "conv.weight" in s or "in_layers.0.weight" in s for j, s in block.items() if j > 0)]
-    nrb = ups[0] if ups else len(layers) - 1
-    levels = len(layers) // (nrb + 1)
-    if nrb < 1 or levels * (nrb + 1) != len(layers):
-        return found
-    found["num_res_blocks"] = nrb
-    found["resblock_updown"] = any("in_layers.0.weight" in layers[i][max(layers[i])] for i in ups)
-    res_shape = shapes.get("output_blocks.0.0.in_layers.2.weight", (0,))
-    found["use_scale_shift_norm"] = shapes.get("output_blocks.0.0.emb_layers.1.weight", (0,))[0] == 2 * res_shape[0]
-    mult = [shapes.get(f"output_blocks.{i}.0.in_layers.2.weight", (0,))[0] / mc for i in range(0, len(layers), nrb + 1)]
-    found["channel_mult"] = _fmt(tuple(reversed(mult)))
-    ds = {2 ** (levels - 1 - i // (nrb + 1)) for i, block in layers.items()
-          if any("qkv.weight" in s for s in block.values())}
-    found["attention_resolutions"] = ",".join(str(image_size // d) for d in sorted(ds))
-    return found
+    layout = read_layout(shapes)
+    if layout is None:
+        return {}
+    return {"num_channels": layout.num_channels, "learn_sigma": layout.learn_sigma, "class_cond": layout.class_cond,
+            "num_res_blocks": layout.num_res_blocks, "resblock_updown": layout.resblock_updown,
+            "use_scale_shift_norm": layout.use_scale_shift_norm, "channel_mult": layout.channel_mult_text(),
+            "attention_resolutions": layout.attention_resolutions(image_size)}
 
 
 def layout_mismatch(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],

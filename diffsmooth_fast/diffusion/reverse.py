@@ -4,7 +4,8 @@ The noisy input is read as x_t* exactly as in the one-shot denoise; the reverse 
 sampling over ``steps`` evenly respaced steps of the model's schedule (OpenAI's ``space_timesteps`` over the
 t* + 1 steps 0..t*, betas recomputed between kept steps as ``SpacedDiffusion`` does), with the posterior mean and
 variance of OpenAI's ``GaussianDiffusion``: learned-range variance when the model has ``learn_sigma``, otherwise
-"fixed large" (or "fixed small" with ``sigma_small``). Its sampling noise is drawn by position, from its own
+"fixed large" (or "fixed small" with ``sigma_small``); a diffusers model uses its scheduler's variance_type and
+prediction_type the same way. Its sampling noise is drawn by position, from its own
 Philox streams (one per step), so results do not depend on the batch size. Slow by nature: steps x K UNet passes
 per noisy sample.
 """
@@ -19,7 +20,7 @@ import torch
 from ..checks import check_int
 from ..ops import gaussian_noise
 from ..smoothing.noise_address import KIND_REVERSE, SamplePositions, classifier_stream
-from .denoiser import Denoiser, noisy_to_model_input, x0_to_pixels
+from .denoiser import Denoiser, StepCoefficients, noisy_to_model_input, predict_x0, x0_to_pixels
 from .schedule import space_timesteps
 
 
@@ -41,6 +42,9 @@ class ReverseProcess:
     """
 
     def __init__(self, denoiser: Denoiser, sigma: float, steps: int) -> None:
+        if denoiser.parametrization.variance == "learned":
+            raise ValueError("multistep: a model whose variance_type is 'learned' (not learned_range) is not "
+                             "supported; use the one-shot methods")
         self.denoiser = denoiser
         self.t_star = denoiser.timestep(sigma)
         self.kept = reverse_timesteps(self.t_star, steps)
@@ -50,14 +54,16 @@ class ReverseProcess:
         post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
         # OpenAI clips the log of the first posterior variance (0) to the second one's.
         post_log_var = np.log(np.append(post_var[1], post_var[1:])) if len(post_var) > 1 else np.log(betas)
-        if denoiser.flags.learn_sigma:
+        variance = denoiser.parametrization.variance
+        if variance == "learned_range":
             self.min_log, self.max_log = post_log_var, np.log(betas)
-        elif denoiser.flags.sigma_small:
+        elif variance == "fixed_small":
             self.fixed_log = post_log_var
         else:
             self.fixed_log = np.log(np.append(post_var[1], betas[1:])) if len(post_var) > 1 else np.log(betas)
-        self.sqrt_recip = np.sqrt(1.0 / abar)
-        self.sqrt_recipm1 = np.sqrt(1.0 / abar - 1.0)
+        # the coefficients of each kept step (t is unused here: only the x0 prediction reads them)
+        self.steps = [StepCoefficients(int(t), 0.0, math.sqrt(a), math.sqrt(1.0 / a), math.sqrt(1.0 / a - 1.0),
+                                       math.sqrt(1.0 - a)) for t, a in zip(self.kept, abar)]
         self.coef1 = betas * np.sqrt(abar_prev) / (1.0 - abar)
         self.coef2 = (1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar)
         self.sqrt_abar_start = math.sqrt(abar[-1])
@@ -73,16 +79,13 @@ class ReverseProcess:
         offset = positions.first * runs * x[0].numel()
         for k in range(len(self.kept) - 1, -1, -1):
             out = self._network(x, self.kept[k])
-            model_out = out[:, :c]
-            if den.flags.predict_xstart:
-                x0 = model_out.clamp(-1, 1)
-            else:
-                x0 = (float(self.sqrt_recip[k]) * x - float(self.sqrt_recipm1[k]) * model_out).clamp(-1, 1)
+            x0 = predict_x0(x, out[:, :c], self.steps[k], den.prediction)
+            x0 = x0 if den.clip is None else x0.clamp(-den.clip, den.clip)
             mean = float(self.coef1[k]) * x0 + float(self.coef2[k]) * x
             if k == 0:  # OpenAI's p_sample adds no noise at the last step
                 x = mean
                 break
-            if den.flags.learn_sigma:
+            if den.parametrization.variance == "learned_range":
                 frac = (out[:, c:].float() + 1) / 2
                 log_var = frac * float(self.max_log[k]) + (1 - frac) * float(self.min_log[k])
             else:
@@ -91,7 +94,7 @@ class ReverseProcess:
                                    stream=classifier_stream(positions.idx, positions.phase, KIND_REVERSE, k),
                                    backend=backend, device=x.device)
             x = mean + torch.exp(0.5 * log_var) * noise.to(x.dtype)
-        return x0_to_pixels(x)
+        return x0_to_pixels(x)  # the final sample clamped to [0, 1], as samplers return images
 
     def _network(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """All output channels of the UNet at step t of the schedule, timestep mapped as ``Denoiser.model_output``."""

@@ -4,7 +4,8 @@ Everything is float64 numpy, as in ``gaussian_diffusion.py``: the timestep t* th
 is a comparison against these values, so computing them in another precision or order could move t* by one.
 OpenAI's ``create_model_and_diffusion`` always builds a ``SpacedDiffusion`` (all steps kept when
 ``timestep_respacing`` is empty); the schedule here follows the same path, so respaced models work too and the
-full schedule is bit-identical to ``cumprod(1 - betas)``.
+full schedule is bit-identical to ``cumprod(1 - betas)``. A diffusers scheduler's schedule is taken as its
+cumulative products are (``TabulatedSchedule``); t* is chosen on either by the same rule (``Schedule.timestep``).
 """
 
 from __future__ import annotations
@@ -74,38 +75,14 @@ def space_timesteps(num_steps: int, section_counts: str) -> list[int]:
     return sorted(set(steps))
 
 
-@dataclass(frozen=True)
-class DiffusionSchedule:
-    """The (possibly respaced) schedule a model was trained and is sampled with.
+class Schedule:
+    """What a one-shot denoise needs of a noise schedule: ``alphas_cumprod`` (float64 [len]) of the kept steps, the
+    step the network receives for each (``timestep_map``, ``rescale_timesteps``, ``num_steps``), and t*."""
 
-    Args:
-        noise_schedule: ``"linear"`` or ``"cosine"``.
-        num_steps: the original number of diffusion steps (OpenAI's ``diffusion_steps``).
-        timestep_respacing: OpenAI's flag; ``""`` keeps every step.
-        rescale_timesteps: feed the network ``t * 1000 / num_steps`` (float) instead of the integer step.
-    """
-
-    noise_schedule: str = "linear"
-    num_steps: int = 1000
-    timestep_respacing: str = ""
-    rescale_timesteps: bool = False
-    #: original step of each kept step (``SpacedDiffusion.timestep_map``), [len]
-    timestep_map: tuple[int, ...] = field(init=False, repr=False)
-    #: float64 [len] cumulative products of (1 - beta) over the kept steps
-    alphas_cumprod: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        base = np.cumprod(1.0 - named_betas(self.noise_schedule, self.num_steps))
-        kept = space_timesteps(self.num_steps, self.timestep_respacing)
-        # SpacedDiffusion recomputes betas between kept steps, then the cumulative product again.
-        betas, last = [], 1.0
-        for i in kept:
-            betas.append(1 - base[i] / last)
-            last = base[i]
-        abar = np.cumprod(1.0 - np.array(betas, dtype=np.float64))
-        abar.setflags(write=False)
-        object.__setattr__(self, "timestep_map", tuple(kept))
-        object.__setattr__(self, "alphas_cumprod", abar)
+    alphas_cumprod: np.ndarray
+    timestep_map: tuple[int, ...]
+    num_steps: int
+    rescale_timesteps: bool
 
     def __len__(self) -> int:
         return len(self.timestep_map)
@@ -141,3 +118,63 @@ class DiffusionSchedule:
         """The value the network receives for step t: the original step, rescaled to [0, 1000) if asked."""
         original = self.timestep_map[t]
         return original * (1000.0 / self.num_steps) if self.rescale_timesteps else float(original)
+
+
+@dataclass(frozen=True)
+class DiffusionSchedule(Schedule):
+    """The (possibly respaced) schedule a model was trained and is sampled with.
+
+    Args:
+        noise_schedule: ``"linear"`` or ``"cosine"``.
+        num_steps: the original number of diffusion steps (OpenAI's ``diffusion_steps``).
+        timestep_respacing: OpenAI's flag; ``""`` keeps every step.
+        rescale_timesteps: feed the network ``t * 1000 / num_steps`` (float) instead of the integer step.
+    """
+
+    noise_schedule: str = "linear"
+    num_steps: int = 1000
+    timestep_respacing: str = ""
+    rescale_timesteps: bool = False
+    #: original step of each kept step (``SpacedDiffusion.timestep_map``), [len]
+    timestep_map: tuple[int, ...] = field(init=False, repr=False)
+    #: float64 [len] cumulative products of (1 - beta) over the kept steps
+    alphas_cumprod: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        base = np.cumprod(1.0 - named_betas(self.noise_schedule, self.num_steps))
+        kept = space_timesteps(self.num_steps, self.timestep_respacing)
+        # SpacedDiffusion recomputes betas between kept steps, then the cumulative product again.
+        betas, last = [], 1.0
+        for i in kept:
+            betas.append(1 - base[i] / last)
+            last = base[i]
+        abar = np.cumprod(1.0 - np.array(betas, dtype=np.float64))
+        abar.setflags(write=False)
+        object.__setattr__(self, "timestep_map", tuple(kept))
+        object.__setattr__(self, "alphas_cumprod", abar)
+
+
+@dataclass(frozen=True, eq=False)
+class TabulatedSchedule(Schedule):
+    """A schedule given by its cumulative products, as a diffusers scheduler holds them (no respacing: step t is
+    fed to the network as t).
+
+    Args:
+        alphas_cumprod: abar_t for t = 0 .. T-1, decreasing, in (0, 1] (converted to float64).
+        name: how logs and errors name it (e.g. ``DDPMScheduler linear``).
+    """
+
+    alphas_cumprod: np.ndarray
+    name: str = ""
+    timestep_map: tuple[int, ...] = field(init=False, repr=False)
+    num_steps: int = field(init=False)
+    rescale_timesteps: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        abar = np.array(self.alphas_cumprod, dtype=np.float64).reshape(-1)
+        if abar.size == 0 or not (np.all(abar > 0) and np.all(abar <= 1) and np.all(np.diff(abar) <= 0)):
+            raise ValueError(f"schedule {self.name or ''}: alphas_cumprod must be decreasing values in (0, 1]")
+        abar.setflags(write=False)
+        object.__setattr__(self, "alphas_cumprod", abar)
+        object.__setattr__(self, "timestep_map", tuple(range(abar.size)))
+        object.__setattr__(self, "num_steps", int(abar.size))

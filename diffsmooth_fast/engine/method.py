@@ -189,7 +189,7 @@ class PurifiedClassifier(nn.Module):
             raise ValueError(f"method {config.method} needs a diffusion model (--denoiser)")
         if not config.uses_denoiser and denoiser is not None:
             raise ValueError(f"method {config.method} uses no diffusion model; drop --denoiser")
-        if denoiser is not None and denoiser.flags.class_cond:
+        if denoiser is not None and denoiser.class_cond:
             raise ValueError("the diffusion model is class-conditional; DiffSmooth purifies with an unconditional one")
         self.config, self.classifier, self.denoiser = config, classifier, denoiser
         self.seed, self.backend = seed, backend
@@ -280,6 +280,7 @@ class PurifiedClassifier(nn.Module):
 
 def folds_into_denoise_kernel(config: MethodConfig, classifier: nn.Module, denoiser: Denoiser | None) -> bool:
     """Whether ``denoise_replicate`` can go from the UNet's output to the classifier network's inputs in one pass:
-    a one-shot denoise from predicted noise, and a classifier whose normalisation is a known first layer."""
+    a one-shot denoise from predicted noise clamped to [-1, 1], and a classifier whose normalisation is a known
+    first layer."""
     return (config.method in ("diffsmooth", "dds") and isinstance(classifier, NormalizedClassifier)
-            and denoiser is not None and not denoiser.flags.predict_xstart)
+            and denoiser is not None and denoiser.fuses_denoise)

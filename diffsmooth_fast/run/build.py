@@ -7,6 +7,7 @@ checkpoints, a dataset the models cannot take, a model that returns NaN.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -16,6 +17,7 @@ from torch import nn
 from ..data import check_labels, digits, load_dataset
 from ..data.toy import make_toy
 from ..diffusion.denoiser import Denoiser
+from ..diffusion.from_diffusers import diffusers_folder
 from ..engine.batching import MEMORY_FRACTION, auto_batch, probe_call
 from ..engine.counting import CountingPath
 from ..engine.method import PurifiedClassifier
@@ -23,7 +25,7 @@ from ..engine.options import BATCH_AUTO, assemble
 from ..models.classifiers import CIFAR10_CLASSES, load_classifier
 from ..ops import resolve_backend
 from ..smoothing.certify import Smooth
-from .configs import RunSettings
+from .configs import ModelConfig, RunSettings
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -91,8 +93,7 @@ def build_job(settings: RunSettings) -> Job:
     classifier = classifier.to(device=device, dtype=engine.weights_dtype).eval()
     denoiser = None
     if method.uses_denoiser:
-        denoiser = Denoiser.from_flags(models.flags(data.dataset), models.denoiser, dtype=engine.weights_dtype,
-                                       device=device, trust_checkpoint=models.trust_checkpoint)
+        denoiser = _load_denoiser(models, engine.weights_dtype, device, quiet=settings.output.quiet)
     base = assemble(method, classifier, denoiser, engine, seed=sampling.seed)
     indices = list(range(0, len(images), data.skip))
     indices = indices if data.max < 0 else indices[: data.max]
@@ -108,6 +109,22 @@ def build_job(settings: RunSettings) -> Job:
     base.networks.start()  # after the probes: no graph captured, nothing compiled, for their batch shapes
     smooth = Smooth(base, num_classes, seed=sampling.seed, backend=backend)
     return Job(images, indices, smooth, device, backend, num_classes, exact, batch)
+
+
+def _load_denoiser(models: ModelConfig, dtype: torch.dtype, device: torch.device, *, quiet: bool) -> Denoiser:
+    """The run's denoiser: a diffusers folder, or an OpenAI file with its flags (read from it, given, or a preset;
+    where each came from is said on stderr unless ``quiet``)."""
+    folder = diffusers_folder(models.denoiser)
+    if folder is not None:
+        denoiser = Denoiser.from_diffusers(folder, dtype=dtype, device=device)
+        if not quiet:
+            print(f"denoiser {models.denoiser}: {denoiser.parametrization.describe()}", file=sys.stderr)
+        return denoiser
+    resolved = models.resolved_flags()
+    if not quiet:
+        print(resolved.summary(), file=sys.stderr)
+    return Denoiser.from_flags(resolved.flags, models.denoiser, dtype=dtype, device=device,
+                               trust_checkpoint=models.trust_checkpoint)
 
 
 def _probe(base: PurifiedClassifier | CountingPath, images: Sequence, idx: int, sigma: float, seed: int, backend: str,

@@ -105,11 +105,13 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     model = p.add_argument_group("models")
     model.add_argument("--method", choices=METHODS, help="diffsmooth (default with --denoiser and on the demo), "
                        "dds, cohen (default otherwise), local-only, multistep")
-    model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt file)")
-    model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="flags of a known checkpoint "
-                       "(default: the dataset's, for cifar10 and imagenet)")
+    model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt or .safetensors file; its "
+                       "flags are read from it) or diffusers:FOLDER (a UNet2DModel and its scheduler config)")
+    model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="take a known checkpoint's flags instead of "
+                       "reading them from the file")
     model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default=_default(ModelConfig, "denoiser_defaults"),
-                       help="whose defaults fill the OpenAI flags not given")
+                       help="whose defaults fill the OpenAI flags that neither the file nor the options give (default: "
+                       "none; an unknown file then needs --diffusion_steps and --noise_schedule)")
     model.add_argument("--classifier", help="Cohen/SmoothAdv checkpoint (.pth.tar or .safetensors), TorchScript "
                        "file, module:function, or a library model loaded offline with its own normalisation and "
                        "input size: timm:MODEL_NAME[@WEIGHTS_FILE], torchvision:MODEL_NAME[:WEIGHTS_ENUM][@FILE], "
@@ -179,7 +181,7 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
                        "waits for the others to start, and at each exchange of counts with --split-samples")
     names = [f.name for f in fields(OpenAIFlags) if f.name != "defaults"]
     openai = p.add_argument_group("OpenAI diffusion flags", "As OpenAI's scripts spell them (paste MODEL_FLAGS as they "
-                                  "are; - or _), overriding --denoiser-preset: " + ", ".join(f"--{n}" for n in names))
+                                  "are; - or _), checked against the file or overriding --denoiser-preset: " + ", ".join(f"--{n}" for n in names))
     for f in fields(OpenAIFlags):
         if f.name != "defaults":
             kind = {"int": int, "float": float, "str": str, "bool": _bool}[f.type]

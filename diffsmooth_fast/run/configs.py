@@ -17,12 +17,15 @@ from dataclasses import dataclass, replace
 
 from ..checks import check_float, check_int, is_number
 from ..data import DATASETS
-from ..diffusion.openai_flags import FLAG_NAMES, PRESETS, OpenAIFlags, openai_flags, preset
+from ..diffusion.openai_files import read_openai_flags
+from ..diffusion.from_diffusers import diffusers_folder, find_configs
+from ..diffusion.infer_flags import ResolvedFlags
+from ..diffusion.openai_flags import FLAG_NAMES, OpenAIFlags, openai_flags, preset
 from ..engine.method import MethodConfig
 from ..engine.options import EngineOptions
 from ..models import shipped
 from ..models.classifiers import NORMALIZATIONS
-from .fingerprint import sha256_of
+from .fingerprint import sha256_of, sha256_of_files
 
 ALL_DATASETS = ("demo", "toy", *DATASETS)
 BUILT_IN = ("demo", "toy")  # datasets that ship with the package (no --data)
@@ -56,15 +59,17 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The checkpoints: an OpenAI diffusion model (``denoiser``, with a preset or OpenAI flags) and a classifier.
+    """The checkpoints: a diffusion model (``denoiser``: an OpenAI file, or ``diffusers:FOLDER``) and a classifier.
 
-    ``denoiser_flags`` are (OpenAI name, value) pairs; with a preset they override it. Without either, a
-    cifar10/imagenet dataset implies its preset. (Their precision is an engine option: ``EngineOptions.dtype``.)
+    An OpenAI file's flags are read from it (:func:`~diffsmooth_fast.diffusion.openai_files.read_openai_flags`:
+    the shapes, a known checkpoint's fingerprint, ``denoiser_defaults`` if named); ``denoiser_flags`` are (OpenAI
+    name, value) pairs given on top, checked against the file. ``denoiser_preset`` takes a preset's flags instead,
+    the given ones overriding it. (Their precision is an engine option: ``EngineOptions.dtype``.)
     """
 
     denoiser: str | None = None
     denoiser_preset: str | None = None
-    denoiser_defaults: str = "guided"
+    denoiser_defaults: str | None = None
     denoiser_flags: tuple[tuple[str, object], ...] = ()
     classifier: str | None = None
     normalization: str = "auto"
@@ -73,25 +78,38 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.normalization != "auto" and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--normalization must be auto or one of {', '.join(NORMALIZATIONS)}")
-        if self.denoiser is None and (self.denoiser_preset or self.denoiser_flags):
+        if self.denoiser is None and (self.denoiser_preset or self.denoiser_flags or self.denoiser_defaults):
             raise ValueError("--denoiser-preset and OpenAI flags describe a --denoiser checkpoint; give --denoiser")
+        folder = diffusers_folder(self.denoiser)
+        if folder is not None:
+            if self.denoiser_preset or self.denoiser_flags or self.denoiser_defaults:
+                raise ValueError("--denoiser diffusers:FOLDER brings its own model and scheduler configs: drop "
+                                 "--denoiser-preset, --denoiser-defaults and the OpenAI flags")
+            find_configs(folder)  # a missing folder or config fails here, before anything is written
         for path, what in ((self.denoiser, "--denoiser"), (self.classifier, "--classifier")):
-            if path is not None and not os.path.exists(path) and not (what == "--classifier" and ":" in path):
+            if path is None or os.path.exists(path):
+                continue
+            if not (folder is not None if what == "--denoiser" else ":" in path):  # diffusers:, module:function
                 raise ValueError(f"{what} {path}: no such file")
 
-    def flags(self, dataset: str) -> OpenAIFlags:
-        """The denoiser's OpenAI flags: the preset (named, or the dataset's) updated by the flags given."""
+    def resolved_flags(self) -> ResolvedFlags | None:
+        """The OpenAI denoiser's flags and where each came from (None for a diffusers denoiser)."""
+        if self.denoiser is None or diffusers_folder(self.denoiser) is not None:
+            return None
         given = dict(self.denoiser_flags)
-        unknown = [name for name in given if name not in FLAG_NAMES]
-        if unknown:
-            openai_flags(**{unknown[0]: given[unknown[0]]})  # raises with the close matches
-        name = self.denoiser_preset or (dataset if not given and dataset in PRESETS else None)
-        if name is not None:
-            return replace(preset(name), **given) if given else preset(name)
-        if not given:
-            raise ValueError(f"--denoiser needs --denoiser-preset ({', '.join(PRESETS)}) or its OpenAI flags "
-                             f"(e.g. --image_size 32 --num_channels 128 ...)")
-        return openai_flags(self.denoiser_defaults, **given)
+        if self.denoiser_preset is not None:
+            unknown = [name for name in given if name not in FLAG_NAMES]
+            if unknown:
+                openai_flags(**{unknown[0]: given[unknown[0]]})  # raises with the close matches
+            flags = replace(preset(self.denoiser_preset), **given) if given else preset(self.denoiser_preset)
+            return ResolvedFlags(flags, {n: "given" if n in given else f"preset {self.denoiser_preset}"
+                                         for n in FLAG_NAMES})
+        return read_openai_flags(self.denoiser, given, self.denoiser_defaults, trust_checkpoint=self.trust_checkpoint)
+
+    def flags(self) -> OpenAIFlags | None:
+        """The OpenAI denoiser's flags (None for a diffusers denoiser)."""
+        resolved = self.resolved_flags()
+        return resolved.flags if resolved is not None else None
 
 
 @dataclass(frozen=True)
@@ -275,8 +293,13 @@ class RunSettings:
         settings.update(n=sampling.n, alpha=sampling.alpha, seed=sampling.seed, **self.engine.result_settings())
         if sampling.sequential:  # only when set, so that fixed-n files written before the option still resume
             settings.update(sequential=True, radii=list(sampling.radii))
-        if method.uses_denoiser:
-            flags = models.flags(data.dataset)
+        if method.uses_denoiser and diffusers_folder(models.denoiser) is not None:
+            unet_dir, scheduler = find_configs(diffusers_folder(models.denoiser))
+            files = [e.path for e in os.scandir(unet_dir) if e.is_file()] + [str(scheduler)]
+            settings["denoiser"] = {"path": f"diffusers:{os.path.abspath(unet_dir)}", "sha256": sha256_of_files(files),
+                                    "bytes": sum(os.path.getsize(f) for f in files)}
+        elif method.uses_denoiser:
+            flags = models.flags()
             settings["denoiser"] = {**_checkpoint(models.denoiser),
                                     "flags": {**flags.to_dict(), "defaults": flags.defaults}}
         if data.dataset != "toy":
@@ -312,7 +335,7 @@ def _abs(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
-def _size(path: str | None) -> int | None:
+def _size(path: str | os.PathLike[str] | None) -> int | None:
     return os.path.getsize(path) if path is not None and os.path.isfile(path) else None
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 
-__all__ = ["sha256_of"]
+__all__ = ["sha256_of", "sha256_of_files"]
 
 _CHUNK = 1 << 22  # 4 MiB reads: the hash, not the system calls, sets the speed
 
@@ -40,4 +41,13 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of_files(paths: Sequence[str]) -> str:
+    """One SHA-256 for a model kept as several files (a diffusers folder: config, weights, scheduler config):
+    the digest of each file's name and digest, in name order, so the folder may move but not change."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=os.path.basename):
+        digest.update(f"{os.path.basename(path)}:{sha256_of(path)}\n".encode())
     return digest.hexdigest()
