@@ -108,7 +108,7 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     model.add_argument("--denoiser", help="OpenAI diffusion checkpoint (model or EMA .pt or .safetensors file; its "
                        "flags are read from it) or diffusers:FOLDER (a UNet2DModel and its scheduler config)")
     model.add_argument("--denoiser-preset", choices=sorted(PRESETS), help="take a known checkpoint's flags instead of "
-                       "reading them from the file")
+                       "reading them from the file (default: none: read from the file, or recognised)")
     model.add_argument("--denoiser-defaults", choices=["guided", "improved"], default=_default(ModelConfig, "denoiser_defaults"),
                        help="whose defaults fill the OpenAI flags that neither the file nor the options give (default: "
                        "none; an unknown file then needs --diffusion_steps and --noise_schedule)")
