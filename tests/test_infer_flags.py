@@ -140,7 +140,7 @@ def test_safetensors_checkpoint(tmp_path):
     with torch.no_grad():
         assert (b(case["x_noisy"], case["sigma"]) - case["denoised"]).abs().max() <= 1e-5
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="not a readable .safetensors file"):
         Denoiser.from_openai(tmp_path / "bad.safetensors")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..models.loading import load_checkpoint
+from ..models.loading import load_weights
 from .infer_flags import ResolvedFlags, resolve_flags
 
 Checkpoint = str | os.PathLike[str] | Mapping[str, torch.Tensor]
@@ -31,31 +31,8 @@ def read_state(checkpoint: Checkpoint, trust_checkpoint: bool) -> tuple[str, Map
     if not isinstance(checkpoint, (str, os.PathLike)):
         return "diffusion checkpoint", _state_dict(checkpoint, "diffusion checkpoint")
     what = f"diffusion checkpoint {os.fspath(checkpoint)}"
-    if os.fspath(checkpoint).endswith(".safetensors"):
-        return what, _state_dict(read_safetensors(checkpoint, what="diffusion checkpoint"), what)
-    return what, _state_dict(load_checkpoint(checkpoint, what="diffusion checkpoint",
-                                             trust_checkpoint=trust_checkpoint), what)
-
-
-def read_safetensors(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file, on the CPU (the format holds no code: nothing to trust).
-
-    Raises:
-        ValueError: the safetensors package is missing, or the file is missing or not a safetensors file.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{what} {path}: no such file")
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise ValueError(f"{what} {path}: reading .safetensors needs the safetensors package "
-                         f"(pip install safetensors)") from None
-    try:
-        return load_file(path, device="cpu")
-    except Exception as exc:  # safetensors raises its own error types (SafetensorError, OSError)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{what} {path}: not a readable safetensors file ({first})") from None
+    return what, _state_dict(load_weights(checkpoint, what="diffusion checkpoint", trust_checkpoint=trust_checkpoint),
+                             what)
 
 
 def _state_dict(obj: object, what: str) -> Mapping[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .library import LibraryModel, Logits, Resize, check_classes
 from .specs import is_library_spec, load_library_model
-from .loading import load_weights
+from .loading import load_weights, state_mismatch
 from .resnet import ARCH_DATASET, ARCHITECTURES, build_architecture
 from .user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript
 
@@ -286,17 +286,11 @@ def _load_weights(arch: str, state_dict: dict[str, torch.Tensor], path: str, gue
         # Files from PyTorch < 0.4.1 lack BatchNorm's counter; it only matters when training with momentum=None.
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong = [f"{key} {list(state[key].shape)} (expected {list(expected[key].shape)})"
-             for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{label} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''} ({len(items)} in all)"
-                    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                         ("wrong shapes", wrong)) if items]
+    problems = state_mismatch(expected, state)
+    if problems:
         hint = f"; it looks like {guessed}" if guessed and guessed != arch else (
             "" if guessed else f"; its layout matches none of {', '.join(ARCHITECTURES)}")
-        raise ValueError(f"classifier checkpoint {path} does not match arch {arch!r}: {'; '.join(problems)}{hint}")
+        raise ValueError(f"classifier checkpoint {path} does not match arch {arch!r}: {problems}{hint}")
     # Copies in RAM, in fp32: the memory-mapped file may be rewritten under us by a training run still saving to it.
     state = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True) for k, v in state.items()}
     net.load_state_dict(state, assign=True)

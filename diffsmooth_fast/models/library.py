@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import load_weights
+from .loading import load_weights, state_mismatch
 
 LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
 # What a module:function into a library builds (an untrained network) and the spec that loads its weights instead.
@@ -97,16 +97,9 @@ def state_dict_from_file(spec: str, path: str, *, trust_checkpoint: bool) -> dic
 def load_state(spec: str, net: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
     """``net.load_state_dict(state)``, strict: a missing, unexpected or misshapen tensor is one line naming a few
     of each (a partly loaded network would certify with random weights)."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{label} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''} ({len(items)} in all)"
-                    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                         ("wrong shapes", wrong)) if items]
-        raise ValueError(f"classifier {spec}: the weights in {path} do not fit the model: {'; '.join(problems)}")
+    problems = state_mismatch(net.state_dict(), state)
+    if problems:
+        raise ValueError(f"classifier {spec}: the weights in {path} do not fit the model: {problems}")
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 

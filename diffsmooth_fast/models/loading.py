@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -83,3 +84,17 @@ def load_weights(path: str | os.PathLike[str], *, what: str = "checkpoint", trus
         return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError (not exported on every version)
         raise ValueError(f"{what} {path}: not a readable .safetensors file ({_first_line(exc)})") from None
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into a network whose state dict is ``expected``: missing,
+    unexpected and misshapen tensors, a few of each named (``None`` when it fits). A partly loaded network would
+    certify with random weights, so every loader refuses on this."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(expected[k].shape)})"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = [f"{label} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''} ({len(items)} in all)"
+                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("wrong shapes", wrong)) if items]
+    return "; ".join(problems) or None
