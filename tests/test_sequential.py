@@ -137,6 +137,27 @@ def test_looks_stop_as_the_rules_say():
     assert far.radius == pytest.approx(SIGMA * norm.ppf(stats.clopper_pearson_lower(c * 4 // 5, c, level)))
 
 
+def test_a_radius_the_budget_cannot_afford_stops_the_run_without_loss():
+    """p_A = 0.998 at sigma 0.25 (radius 0.72): 0.5 certified early, 0.75 (p_A >= 0.99865) not ruled out by the upper
+    bound for a long time, yet beyond reach once the dissent exceeds what n samples could hold and certify 0.75."""
+    plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
+    threshold = norm.cdf(0.75 / SIGMA)
+    afford = sequential.affordable_dissent(100_000, max(plan.levels), threshold)
+    assert stats.clopper_pearson_lower(100_000 - afford, 100_000, plan.levels[-1]) >= threshold
+    assert stats.clopper_pearson_lower(100_000 - afford - 1, 100_000, plan.levels[-1]) < threshold
+    c = next(c for c in plan.checkpoints if c * 0.002 > afford + 1)
+    assert stats.clopper_pearson_upper(c - afford - 1, c, plan.level_at(c)) > threshold  # the upper bound: go on
+    beyond = sequential.look(c - afford - 1, c, plan, SIGMA, CIFAR)
+    assert beyond.stop and 0.5 <= beyond.radius < 0.75
+    assert not sequential.look(c - afford, c, plan, SIGMA, CIFAR).stop  # one dissent fewer: 0.75 still possible
+    # and no later look could have certified 0.75 with that dissent
+    later = [m for m in plan.checkpoints if m >= c]
+    assert all(stats.clopper_pearson_lower(m - afford - 1, m, plan.level_at(m)) < threshold for m in later)
+    # a grid radius beyond what n samples can certify at all: the run stops at its first look
+    assert sequential.affordable_dissent(100, 0.01, norm.cdf(8.0)) == -1
+    assert sequential.look(100, 100, sequential.schedule(1000, 0.01, SIGMA, (2.0,)), SIGMA, (2.0,)).stop
+
+
 def test_results_do_not_depend_on_the_batch_size():
     toy = make_toy(num_images=6)
     smooth = Smooth(toy.model, 2, 0.5, seed=1)

@@ -51,11 +51,14 @@ Stopping (at look k, with n_A of the first n_k samples for the selected class):
 
 * the bound certifies the largest grid radius that all n samples could still certify (a unanimous vote of n at
   the last look's level): nothing more to gain;
-* the upper bound on p_A (same level) is below Phi(r/sigma) for the next grid radius r above the one certified
-  now: that radius cannot be reached (for r = 0 this is p_A < 1/2: abstain);
+* the next grid radius r above the one certified now is out of reach: the upper bound on p_A (same level) is
+  below Phi(r/sigma) (for r = 0 this is p_A < 1/2: abstain), or the votes against the selected class already
+  exceed those that all n samples could hold and still certify r (:func:`affordable_dissent`; dissent never
+  falls, so no later look could certify r: this rule loses nothing, it only stops runs that could not gain);
 * n samples are used.
 
-An image whose p_A sits on a grid threshold decides neither way and uses all n samples, as in CERTIFY.
+An image whose p_A sits on a grid threshold decides neither way and uses all n samples (less when its dissent
+outgrows the budget), as CERTIFY does.
 """
 
 from __future__ import annotations
@@ -177,7 +180,32 @@ def look(n_a: int, used: int, plan: Schedule, sigma: float, radii: Sequence[floa
     if reachable and reached and reached[-1] >= reachable[-1]:
         return Look(True, certified, radius)
     above = [r for r in grid if not reached or r > reached[-1]]
-    upper = stats.clopper_pearson_upper(n_a, used, level)
-    if above and upper < norm.cdf(above[0] / sigma):
-        return Look(True, certified, radius)
+    if above:
+        threshold = float(norm.cdf(above[0] / sigma))
+        if stats.clopper_pearson_upper(n_a, used, level) < threshold:  # p_A is below the next radius's threshold
+            return Look(True, certified, radius)
+        if used - n_a > affordable_dissent(plan.n, max(plan.levels), threshold):  # no later look can certify it
+            return Look(True, certified, radius)
     return Look(False, certified, radius)
+
+
+@functools.lru_cache(maxsize=256)
+def affordable_dissent(n: int, level: float, threshold: float) -> int:
+    """The most votes against the selected class that n samples can hold and still give a Clopper-Pearson lower
+    bound (at ``level``) of at least ``threshold``; -1 if even a unanimous vote of n cannot.
+
+    A run whose dissenting votes already exceed this can certify the threshold at no later look: dissent never
+    falls, and a look at m <= n samples at a level <= ``level`` affords no more dissent than n at ``level``."""
+    def certifies(dissent: int) -> bool:  # non-increasing in dissent
+        return dissent < n and float(beta.ppf(level, n - dissent, dissent + 1)) >= threshold
+
+    if not certifies(0):
+        return -1
+    low, high = 0, n - 1  # certifies(low) holds
+    while low < high:
+        mid = (low + high + 1) // 2
+        if certifies(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
