@@ -41,8 +41,8 @@ The looks (:func:`schedule`), chosen to waste few samples:
   expensive images and deserve more of alpha. The images that stop late are fewer, so sqrt(n_k) is the compromise;
   it keeps the level of the looks near a few thousand samples, where unanimous votes stop, at that of even
   spending. (Simulated on binomial votes of the toy problem, n = 100,000, alpha 0.001, 600 runs per sigma:
-  12,300 samples per image at sigma 0.25 and 18,300 at 0.5, against 15,200 and 19,700 for doubling looks with
-  even spending, and 13,300 and 18,800 for these looks with even spending.)
+  about 12,500 samples per image at sigma 0.25 and 18,500 at 0.5, against 15,200 and 19,700 for doubling looks
+  with even spending, and 13,300 and 18,800 for these looks with even spending.)
 
 The levels of the exact looks depend on the normaliser Z = sum_k sqrt(n_k), which depends on the looks: Z is
 raised to the value the looks give until the looks give no more (a fixed point), which keeps sum alpha_k <= alpha.
