@@ -122,6 +122,31 @@ def test_split_samples_equals_a_single_process(problem, single, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.tsv", "out.tsv.json"]  # rank 0 alone writes
 
 
+def without_time(path) -> list[list[str]]:
+    """The file's rows without the time column (not the last one in sequential files: 'samples' follows it)."""
+    lines = [line.split("\t") for line in open(path).read().splitlines()]
+    keep = [i for i, name in enumerate(lines[0]) if name != "time"]
+    return [[fields[i] for i in keep] for fields in lines]
+
+
+@pytest.mark.parametrize("problem", ["cohen", "fresh"])
+def test_split_samples_sequential_equals_a_single_process(problem, tmp_path):
+    """--sequential under --split-samples: the ranks draw their shares of every look's samples and all-reduce the
+    counts at each look, so they stop at the same look as one process: the same rows, samples included."""
+    args = [*certify(problem), "--n", "3000", "--sequential", "--radii", "0,0.25,0.5,0.75,1"]
+    alone = tmp_path / "alone.tsv"
+    assert main([*args, "--out", str(alone)]) == 0
+    out = tmp_path / "split.tsv"
+    done = torchrun([*args, "--split-samples", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert without_time(out) == without_time(alone)
+    samples = [row.samples for row in io.read_certify(out)]
+    assert min(samples) < 3000 and len(set(samples)) > 1  # runs stopped at different looks, some early
+    sidecar = json.load(open(f"{out}.json"))
+    assert sidecar["settings"]["sequential"] is True
+    assert [run["distributed"] for run in sidecar["runs"]] == [{"mode": "samples", "world_size": 2}]
+
+
 def test_predict_by_image(single, tmp_path):
     out = tmp_path / "out.tsv"
     done = torchrun([*predict("fresh"), "--out", str(out)])

@@ -5,6 +5,7 @@ not; its stopping rules; results independent of the batch size."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -57,39 +58,104 @@ def test_certify_is_sound_on_the_same_problem(problem):
 
 def test_the_same_looks_without_alpha_spending_are_not_sound(problem, monkeypatch):
     """The deliberately invalid variant: every look at the full alpha. It fails the test the others pass, which
-    shows the test can fail (over these 500 runs: 0.244 against 0.062 with spending and 0.074 for certify)."""
+    shows the test can fail (over these 500 runs: 0.306 against 0.036 with spending and 0.074 for
+    certify)."""
     smooth, x = problem
     spent = sequential.schedule
-    monkeypatch.setattr(sequential, "schedule", lambda n, alpha: sequential.Schedule(spent(n, alpha).checkpoints,
-                                                                                     alpha))
+
+    def unspent(*settings):
+        plan = spent(*settings)
+        return replace(plan, levels=(ALPHA,) * len(plan.checkpoints))
+
+    monkeypatch.setattr(sequential, "schedule", unspent)
     rate = overshoot_rate(lambda idx: smooth.certify_sequential(x, 50, N, ALPHA, 500, radii=GRID, idx=idx)[1]
                           > DISTANCE)
     assert rate > LIMIT, rate
 
 
-def test_schedule_depends_on_n_alone_and_spends_alpha():
-    plan = sequential.schedule(100_000, 0.001)
-    assert plan.checkpoints[0] == sequential.FIRST_CHECKPOINT and plan.checkpoints[-1] == 100_000
+CIFAR = tuple(0.25 * i for i in range(10))
+
+
+@pytest.mark.parametrize("sigma", [0.25, 0.5])
+def test_schedule_depends_on_the_settings_alone_and_spends_at_most_alpha(sigma):
+    plan = sequential.schedule(100_000, 0.001, sigma, CIFAR)
+    assert plan is sequential.schedule(100_000, 0.001, sigma, list(reversed(CIFAR)))  # the same looks, cached
+    assert plan.checkpoints[0] >= sequential.FIRST_CHECKPOINT and plan.checkpoints[-1] == 100_000
     assert all(b > a for a, b in zip(plan.checkpoints, plan.checkpoints[1:]))
-    assert plan.alpha_per_look * len(plan.checkpoints) == pytest.approx(0.001)
-    assert sequential.schedule(50, 0.01).checkpoints == (50,)
+    assert 0.0009 < sum(plan.levels) <= 0.001 * (1 + 1e-12)
+    assert all(b > a for a, b in zip(plan.levels, plan.levels[1:]))  # later looks get more of alpha
+    assert 20 <= len(plan.checkpoints) <= 60
+    small = sequential.schedule(50, 0.01, sigma, CIFAR)
+    assert small.checkpoints == (50,) and small.levels == (0.01,)
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        plan.level_at(plan.checkpoints[0] + 1)
+
+
+@pytest.mark.parametrize("sigma,radius", [(0.25, 0.75), (0.5, 1.5), (0.5, 1.75)])
+def test_near_unanimous_votes_are_looked_at_at_the_first_count_that_certifies(sigma, radius):
+    """For k = 0..3 dissenting votes there is a look at the first sample count m where m - k votes certify the grid
+    radius at that look's level; one sample fewer (with the same k dissents) would not."""
+    plan = sequential.schedule(100_000, 0.001, sigma, CIFAR)
+    threshold = norm.cdf(radius / sigma)
+    for dissent in range(sequential.NEAR_UNANIMOUS + 1):
+        hits = [m for m in plan.checkpoints
+                if stats.clopper_pearson_lower(m - dissent, m, plan.level_at(m)) >= threshold
+                > stats.clopper_pearson_lower(m - 1 - dissent, m - 1, plan.level_at(m))]
+        assert hits, dissent
+
+
+def test_unanimous_votes_stop_at_their_exact_look():
+    plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
+    first = next(c for c in plan.checkpoints if sequential.look(c, c, plan, SIGMA, CIFAR).stop)
+    # a vote unanimous so far stops at the first sample count that certifies 0.75 (the best 100,000 can reach)
+    assert sequential.look(first, first, plan, SIGMA, CIFAR).radius >= 0.75
+    assert stats.clopper_pearson_lower(first - 1, first - 1, plan.level_at(first)) < norm.cdf(0.75 / SIGMA)
+    assert first < 8000  # the former doubling schedule stopped these at 12,800
 
 
 def test_looks_stop_as_the_rules_say():
-    plan = sequential.schedule(100_000, 0.001)
     grid = (0.0, 0.25, 0.5, 0.75, 1.0)
-    unanimous = sequential.look(12_800, 12_800, plan, SIGMA, grid)  # certifies 0.75, the best 100,000 can reach
+    plan = sequential.schedule(100_000, 0.001, SIGMA, grid)
+
+    def at(samples: int) -> int:  # the first checkpoint from ``samples`` on
+        return next(c for c in plan.checkpoints if c >= samples)
+
+    c = at(12_800)
+    unanimous = sequential.look(c, c, plan, SIGMA, grid)  # certifies 0.75, the best 100,000 can reach
     assert unanimous.stop and unanimous.prediction_certified and unanimous.radius >= 0.75
-    assert not sequential.look(800, 800, plan, SIGMA, grid).stop  # 0.5 certified, 0.75 still reachable
-    abstain = sequential.look(300, 800, plan, SIGMA, grid)  # p_A < 1/2 established
+    c = at(800)
+    assert not sequential.look(c, c, plan, SIGMA, grid).stop  # 0.5 certified, 0.75 still reachable
+    abstain = sequential.look(c * 3 // 8, c, plan, SIGMA, grid)  # p_A < 1/2 established
     assert abstain.stop and not abstain.prediction_certified and abstain.radius == 0.0
     # p_A = 0.8 well established: 0.25 (Phi(1) = 0.84) is out of reach, 0 is certified
-    far = sequential.look(5120, 6400, plan, SIGMA, grid)
+    c = at(6400)
+    far = sequential.look(c * 4 // 5, c, plan, SIGMA, grid)
     assert far.stop and far.prediction_certified and 0.0 < far.radius < 0.25
-    last = sequential.look(60_000, 100_000, plan, SIGMA, grid)
-    assert last.stop
-    # whatever stops the run, the radius is the bound at the spent level
-    assert far.radius == pytest.approx(SIGMA * norm.ppf(stats.clopper_pearson_lower(5120, 6400, plan.alpha_per_look)))
+    assert sequential.look(60_000, 100_000, plan, SIGMA, grid).stop
+    # whatever stops the run, the radius is the bound at that look's level
+    level = plan.level_at(c)
+    assert far.radius == pytest.approx(SIGMA * norm.ppf(stats.clopper_pearson_lower(c * 4 // 5, c, level)))
+
+
+def test_a_radius_the_budget_cannot_afford_stops_the_run_without_loss():
+    """p_A = 0.998 at sigma 0.25 (radius 0.72): 0.5 certified early, 0.75 (p_A >= 0.99865) not ruled out by the upper
+    bound for a long time, yet beyond reach once the dissent exceeds what n samples could hold and certify 0.75."""
+    plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
+    threshold = norm.cdf(0.75 / SIGMA)
+    afford = sequential.affordable_dissent(100_000, max(plan.levels), threshold)
+    assert stats.clopper_pearson_lower(100_000 - afford, 100_000, plan.levels[-1]) >= threshold
+    assert stats.clopper_pearson_lower(100_000 - afford - 1, 100_000, plan.levels[-1]) < threshold
+    c = next(c for c in plan.checkpoints if c * 0.002 > afford + 1)
+    assert stats.clopper_pearson_upper(c - afford - 1, c, plan.level_at(c)) > threshold  # the upper bound: go on
+    beyond = sequential.look(c - afford - 1, c, plan, SIGMA, CIFAR)
+    assert beyond.stop and 0.5 <= beyond.radius < 0.75
+    assert not sequential.look(c - afford, c, plan, SIGMA, CIFAR).stop  # one dissent fewer: 0.75 still possible
+    # and no later look could have certified 0.75 with that dissent
+    later = [m for m in plan.checkpoints if m >= c]
+    assert all(stats.clopper_pearson_lower(m - afford - 1, m, plan.level_at(m)) < threshold for m in later)
+    # a grid radius beyond what n samples can certify at all: the run stops at its first look
+    assert sequential.affordable_dissent(100, 0.01, norm.cdf(8.0)) == -1
+    assert sequential.look(100, 100, sequential.schedule(1000, 0.01, SIGMA, (2.0,)), SIGMA, (2.0,)).stop
 
 
 def test_results_do_not_depend_on_the_batch_size():

@@ -198,8 +198,9 @@ class Smooth:
         radius returned, as for :meth:`certify`.
 
         Selection is :meth:`certify`'s (n0 samples). Estimation draws the same samples as :meth:`certify`, in order,
-        up to n, and looks at the counts at checkpoints that depend on n alone (batches are cut there, so the
-        results do not depend on ``batch_size``), with one host sync per look.
+        up to n, and looks at the counts at checkpoints that depend on the settings alone (n, alpha, sigma and
+        ``radii``; batches are cut there, so the results do not depend on ``batch_size``), with one host sync per
+        look.
 
         Returns:
             ``(prediction, radius, samples)``: the certificate at the stop (``(Smooth.ABSTAIN, 0.0, ...)`` when the
@@ -217,7 +218,7 @@ class Smooth:
         if self.shard is not None:
             counts0, status = self._reduce(status, counts0)
         c_a = counts0.argmax()  # first maximum on ties, like numpy
-        plan = sequential.schedule(n, alpha)
+        plan = sequential.schedule(n, alpha, self.sigma, radii)
         counts, used = torch.zeros_like(counts0), 0
         for checkpoint in plan.checkpoints:
             part = self._counts(x, checkpoint - used, batch_size, idx, PHASE_ESTIMATION, status, first=used)
