@@ -236,17 +236,17 @@ def test_radius_cap_is_the_bound_of_a_unanimous_vote(n, sigma, alpha):
     assert round(summary.radius_cap(toy_settings()), 3) == 0.616  # the demo's n, sigma and alpha
 
 
-def test_radius_cap_of_a_sequential_run_is_at_the_level_of_one_look():
+def test_radius_cap_of_a_sequential_run_is_at_the_level_of_its_last_look():
     from diffsmooth_fast.smoothing.sequential import schedule
 
     fixed = toy_settings(n=1000)
     sequential = resolve("certify", DataConfig("toy"), ModelConfig(), MethodConfig("cohen", 0.25),
                          SamplingConfig(10, 1000, 0.001, sequential=True, radii=(0.0, 0.25)), EngineOptions())
-    looks = len(schedule(1000, 0.001).checkpoints)  # 100, 200, 400, 800, 1000
-    assert looks == 5
-    assert summary.radius_cap(sequential) == pytest.approx(0.25 * norm.ppf((0.001 / looks) ** (1 / 1000)))
+    last = schedule(1000, 0.001, 0.25, (0.0, 0.25)).levels[-1]
+    assert 0 < last < 0.001
+    assert summary.radius_cap(sequential) == pytest.approx(0.25 * norm.ppf(last ** (1 / 1000)))
     assert summary.radius_cap(sequential) < summary.radius_cap(fixed)
-    assert "alpha/looks" in summary.lines(sequential, [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0, 1000)])[2]
+    assert "last look's share of alpha" in summary.lines(sequential, [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0, 1000)])[2]
 
 
 def test_summary_counts_images_and_abstentions_and_says_where_the_rows_are(tmp_path, capsys):

@@ -19,10 +19,11 @@ SUMMARY_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 def radius_cap(settings: RunSettings) -> float:
     """The largest radius ``settings`` can certify: every one of the n samples votes for the class, so the
     Clopper-Pearson bound is ``alpha^(1/n)`` and the radius ``sigma * Phi^-1(alpha^(1/n))`` (sequential runs:
-    at the level of one look, alpha / looks). 0.616 at n = 1000, sigma 0.25, alpha 0.001."""
-    n, alpha, sigma = settings.sampling.n, settings.sampling.alpha, settings.method.sigma
-    level = schedule(n, alpha).alpha_per_look if settings.sampling.sequential else alpha
-    return stats.radius(sigma, stats.clopper_pearson_lower(n, n, level))
+    at the level of the last look, a share of alpha). 0.616 at n = 1000, sigma 0.25, alpha 0.001."""
+    sampling, sigma = settings.sampling, settings.method.sigma
+    if sampling.sequential:
+        return schedule(sampling.n, sampling.alpha, sigma, sampling.radii).largest_radius(sigma)
+    return stats.radius(sigma, stats.clopper_pearson_lower(sampling.n, sampling.n, sampling.alpha))
 
 
 def lines(settings: RunSettings, rows: Sequence, exact_radius: Sequence[float] | None = None) -> list[str]:
@@ -50,7 +51,7 @@ def lines(settings: RunSettings, rows: Sequence, exact_radius: Sequence[float] |
     cap = radius_cap(settings)
     if cap < SUMMARY_RADII[-1]:  # the curve drops to 0 at the cap, whatever the classifier: say why
         n, sampling = settings.sampling.n, settings.sampling
-        alpha = "alpha/looks" if sampling.sequential else "alpha"
+        alpha = "the last look's share of alpha" if sampling.sequential else "alpha"
         said.append(f"n = {n} caps every radius at sigma * Phi^-1({alpha}^(1/n)) = {cap:.3f} (sigma "
                     f"{settings.method.sigma:g}, alpha {sampling.alpha:g}): accuracy beyond it is 0 by construction; "
                     f"a larger --n certifies larger radii")

@@ -91,6 +91,11 @@ class Schedule:
     def n(self) -> int:
         return self.checkpoints[-1]
 
+    def largest_radius(self, sigma: float) -> float:
+        """The largest radius a run on this schedule can certify: all n samples vote for the class, bound taken
+        at the last look's level (below the run's alpha, so a little below a fixed-n run's cap)."""
+        return stats.radius(sigma, stats.clopper_pearson_lower(self.n, self.n, self.levels[-1]))
+
     def level_at(self, used: int) -> float:
         """The level of the look after ``used`` samples (a checkpoint)."""
         k = bisect.bisect_left(self.checkpoints, used)
@@ -174,8 +179,7 @@ def look(n_a: int, used: int, plan: Schedule, sigma: float, radii: Sequence[floa
     if used >= plan.n:
         return Look(True, certified, radius)
     grid = sorted(radii)
-    best_possible = stats.radius(sigma, stats.clopper_pearson_lower(plan.n, plan.n, plan.levels[-1]))
-    reachable = [r for r in grid if r <= best_possible]
+    reachable = [r for r in grid if r <= plan.largest_radius(sigma)]
     reached = [r for r in grid if certified and r <= radius]
     if reachable and reached and reached[-1] >= reachable[-1]:
         return Look(True, certified, radius)
