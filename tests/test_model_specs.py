@@ -23,7 +23,7 @@ from torch import nn
 
 from diffsmooth_fast.models import resnet
 from diffsmooth_fast.models.classifiers import CIFAR10_CLASSES, load_classifier
-from diffsmooth_fast.models.library import Resize
+from diffsmooth_fast.models.sources.common import Resize
 from diffsmooth_fast.run import tsv
 from diffsmooth_fast.run.cli import main
 from diffsmooth_fast.run.configs import default_skip

@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .library import LibraryModel, Logits, Resize, check_classes
-from .specs import is_library_spec, load_library_model
+from .sources.common import LibraryModel, Logits, Resize, check_classes
+from .sources import is_library_spec, load_library_model
 from .loading import load_weights, state_mismatch
 from .resnet import ARCH_DATASET, ARCHITECTURES, build_architecture
-from .user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript
+from .sources.user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -112,7 +112,7 @@ def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, no
               (one inside timm, torchvision or transformers is refused: it would build an untrained network);
             - a library spec, loaded offline with the normalisation and input size the library records:
               ``timm:MODEL_NAME[@WEIGHTS_FILE]``, ``torchvision:MODEL_NAME[:WEIGHTS_ENUM][@WEIGHTS_FILE]``,
-              ``hf:MODEL_ID_OR_FOLDER`` (see ``models.library``).
+              ``hf:MODEL_ID_OR_FOLDER`` (see ``models.sources``).
             TorchScript and ``module:function`` models are the user's own: they are expected to include their
             preprocessing, so ``auto`` gives them no normalisation layer. Their output may be the logits tensor
             or an object with ``.logits``.

@@ -16,8 +16,8 @@ import zipfile
 import torch
 from torch import nn
 
-from .library import Logits, refuse_library_factory
-from .loading import _first_line
+from .common import Logits, refuse_library_factory
+from ..loading import _first_line
 
 FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 

@@ -1,10 +1,12 @@
-"""Which library a classifier spec names (``timm:``, ``torchvision:``, ``hf:``) and the loader for it. The
+"""Where a classifier comes from besides a Cohen/SmoothAdv checkpoint: the model libraries (``timm:``,
+``torchvision:``, ``hf:``, one module each, sharing ``common``) and the user's own code (``user_models``:
+TorchScript, ``module:function``). This module says which library a spec names and gives its loader; the
 libraries themselves are imported only when a spec of theirs is loaded."""
 
 from __future__ import annotations
 
+from .common import LIBRARIES, LibraryModel
 from .hf_spec import load_hf
-from .library import LIBRARIES, LibraryModel
 from .timm_spec import load_timm
 from .torchvision_spec import load_torchvision
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from .library import LibraryModel, Logits, import_library
+from .common import LibraryModel, Logits, import_library
 
 PROCESSOR_FILE = "preprocessor_config.json"
 # PIL's resampling filters by number, as processors store them.

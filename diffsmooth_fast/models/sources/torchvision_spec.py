@@ -20,8 +20,8 @@ import os
 import torch
 from torch import nn
 
-from .library import LibraryModel, import_library, load_state, state_dict_from_file
-from .loading import load_checkpoint
+from .common import LibraryModel, import_library, load_state, state_dict_from_file
+from ..loading import load_checkpoint
 
 
 def load_torchvision(spec: str, rest: str, *, trust_checkpoint: bool = False) -> LibraryModel:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .library import LibraryModel, import_library, load_state, state_dict_from_file
+from .common import LibraryModel, import_library, load_state, state_dict_from_file
 
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -10,7 +10,7 @@ have another size than the model's input, a bicubic ``Resize`` (as DDS upsamples
 Nothing is downloaded: weights come from a file given with ``@FILE`` or from the library's local cache, and a miss
 is one line saying where it looked and how to fetch the weights once.
 
-Spec syntax (parsed by ``models.specs``, one module per library):
+Spec syntax (parsed by ``models.sources``, one module per library):
   ``timm:MODEL_NAME[@WEIGHTS_FILE]``, ``torchvision:MODEL_NAME[:WEIGHTS_ENUM][@WEIGHTS_FILE]``,
   ``hf:MODEL_ID_OR_FOLDER``.
 """
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loading import load_weights, state_mismatch
+from ..loading import load_weights, state_mismatch
 
 LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
 # What a module:function into a library builds (an untrained network) and the spec that loads its weights instead.
