@@ -94,6 +94,14 @@ def test_progress_bar_on_a_terminal():
     assert "certified accuracy (r=0) 0.667, ACR 0.250" in text and text.endswith("\n")
 
 
+
+def test_progress_of_unlabelled_images_shows_no_accuracy():
+    stream = std_io.StringIO()
+    progress = Progress(2, [], stream=stream, tty=False)
+    progress.update(0, -1, 3, 0.25, 0, 1.0)  # label -1: never correct, so a running accuracy would read 0.000
+    text = stream.getvalue()
+    assert "no labels: accuracy not defined" in text and "accuracy 0.000" not in text and "ACR" not in text
+
 # --- every method, end to end, on real-format files -------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["diffsmooth", "dds", "cohen", "local-only", "multistep"])

@@ -31,6 +31,7 @@ class Progress:
         self.quiet = quiet
         self.tty = self.stream.isatty() if tty is None and hasattr(self.stream, "isatty") else bool(tty)
         self.start, self.session = time.perf_counter(), 0
+        self.labelled = True  # a run's images are all labelled or all not (data.check_labels): the first one tells
         self.label = f"{label}: " if label else ""
         if self.rows and not quiet:
             print(f"{self.label}resuming: {len(self.rows)} of {total} images already done", file=self.stream,
@@ -42,6 +43,7 @@ class Progress:
         """One image done."""
         self.rows.append((radius, correct))
         self.session += 1
+        self.labelled = label >= 0
         if self.quiet:
             return
         done = len(self.rows)
@@ -72,6 +74,8 @@ class Progress:
             self.stream.flush()
 
     def _running(self) -> str:
+        if not self.labelled:  # an unlabelled image is never correct: a running accuracy of 0 would mislead
+            return "no labels: accuracy not defined"
         n = len(self.rows)
         correct = sum(c for _, c in self.rows)
         if any(r is None for r, _ in self.rows):
