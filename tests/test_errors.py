@@ -307,3 +307,22 @@ def test_error_lines_for_memory_and_unnamed_files():
         assert errors.is_user_error(error)
         assert errors.one_line(error) == "out of memory: try a smaller --batch, --dtype float16 or another --device"
     assert not errors.is_user_error(RuntimeError("index out of range in self"))
+
+
+def test_plot_counts_each_image_once_and_draws_no_accuracy_for_unlabelled_files(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    rows = [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0), io.CertifyRow(1, 1, 0, 0.0, 0, 1.0)]
+    twice = tmp_path / "twice.tsv"  # idx 0 written by two writers: the table counts it once, so must the curve
+    twice.write_text("\t".join(io.CERTIFY_HEADER) + "\n"
+                     + "".join(io.format_certify_row(r) + "\n" for r in [*rows, rows[0]]))
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("\t".join(io.CERTIFY_HEADER) + "\n"
+                          + io.format_certify_row(io.CertifyRow(0, -1, 2, 0.5, 0, 1.0)) + "\n")
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), real_close(fig)))
+    assert main(["analyze", str(twice), str(unlabelled), "--plot", str(tmp_path / "c.png")]) == 0
+    (line,) = figures[0].axes[0].get_lines()  # none for the unlabelled file
+    assert line.get_ydata()[0] == pytest.approx(0.5)  # 1 of 2 images at radius 0, not 2 of 3

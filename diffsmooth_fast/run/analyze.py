@@ -77,20 +77,7 @@ def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII, *, warn: Callab
         ValueError: the file is missing or is not a certify or predict file.
     """
     warn = warn or _warn
-    unreadable: list[tuple[int, str]] = []
-    header, numbered = tsv.read_numbered(path, torn_tail=True, problems=unreadable)
-    problems = [f"{path}:{line}: {reason}; not counted" for line, reason in unreadable]
-    strays = belonging.stray_rows(numbered, _run_images(path, problems))
-    problems += [f"{path}:{line}: {reason}; not counted" for line, reason in strays]
-    left_out = {line for line, _ in strays}
-    numbered = [(line, row) for line, row in numbered if line not in left_out]
-    problems += _contradictions(path, numbered)
-    for problem in problems[:MAX_PROBLEMS]:
-        warn(problem)
-    if len(problems) > MAX_PROBLEMS:
-        warn(f"{path}: and {len(problems) - MAX_PROBLEMS} more problems")
-    rows = [row for _, row in numbered]
-    kind = "predict" if header == tsv.PREDICT_HEADER else "certify"
+    kind, rows = counted_rows(path, warn=warn)
     summary = _common(path, kind, rows, [r.predict for r in rows])
     if rows and all(r.label == -1 for r in rows):
         warn(f"{path}: no row has a label (label -1): accuracy is not defined")
@@ -104,6 +91,24 @@ def summarize(path: str, radii: Sequence[float] = DEFAULT_RADII, *, warn: Callab
                    certified_accuracy={float(r): float(a) for r, a in zip(radii, acc)},
                    samples_per_image=float(np.mean(samples)) if samples else None,
                    median_samples=float(np.median(samples)) if samples else None)
+
+
+def counted_rows(path: str, *, warn: Callable[[str], None]) -> tuple[str, list]:
+    """("certify" or "predict", the rows of ``path`` that count: each image once, only the run's images; see
+    :func:`summarize`), reporting every row left out and every contradiction through ``warn``."""
+    unreadable: list[tuple[int, str]] = []
+    header, numbered = tsv.read_numbered(path, torn_tail=True, problems=unreadable)
+    problems = [f"{path}:{line}: {reason}; not counted" for line, reason in unreadable]
+    strays = belonging.stray_rows(numbered, _run_images(path, problems))
+    problems += [f"{path}:{line}: {reason}; not counted" for line, reason in strays]
+    left_out = {line for line, _ in strays}
+    numbered = [(line, row) for line, row in numbered if line not in left_out]
+    problems += _contradictions(path, numbered)
+    for problem in problems[:MAX_PROBLEMS]:
+        warn(problem)
+    if len(problems) > MAX_PROBLEMS:
+        warn(f"{path}: and {len(problems) - MAX_PROBLEMS} more problems")
+    return ("predict" if header == tsv.PREDICT_HEADER else "certify"), [row for _, row in numbered]
 
 
 MAX_PROBLEMS = 20  # lines reported per file; the rest are counted
@@ -288,9 +293,9 @@ def plot(summaries: Sequence[Summary], paths: Sequence[str], out: str) -> int:
     labels = _short_labels(paths)
     curves = 0
     for summary, path, label in zip(summaries, paths, labels):
-        if summary.kind != "certify" or summary.n == 0:
+        if summary.kind != "certify" or summary.n == 0 or not summary.labelled:  # no labels: no accuracy to draw
             continue
-        rows = tsv.read_certify(path, torn_tail=True)
+        _, rows = counted_rows(path, warn=lambda _: None)  # the rows the table counts; summarize said what it left out
         radius, correct = [r.radius for r in rows], [r.correct for r in rows]
         grid = np.linspace(0.0, max(max(radius), 0.01) * 1.02, 400)
         # markers every 40 points, each curve shifted a little so that curves that coincide still show theirs
