@@ -7,9 +7,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -18,6 +15,7 @@ from diffsmooth_fast.run import tsv as io
 from diffsmooth_fast.run.cli import main
 
 from .test_distributed import certify, torchrun
+from .test_resume import start_certify
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOY = ["certify", "--dataset", "toy", "--n0", "50", "--n", "1000", "--batch", "1000", "--max", "3", "--seed", "3",
@@ -62,15 +60,8 @@ def test_a_new_run_waits_for_nobody_and_a_stale_lock_file_is_no_lock(tmp_path):
 def test_resume_while_the_first_run_lives_is_refused_until_it_dies(tmp_path, capsys):
     """The requeued-job case: the first run still writes when the second starts with --resume."""
     out = tmp_path / "run.tsv"
-    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth_fast", *SLOW_TOY, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_certify(SLOW_TOY, out, rows=1)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_text().count("\n") >= 2:  # header and a row written
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before a second one could start"
         capsys.readouterr()
         assert main([*SLOW_TOY, "--out", str(out), "--resume"]) == 2
         err = capsys.readouterr().err

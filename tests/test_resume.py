@@ -35,18 +35,27 @@ def snapshot(*paths) -> list[bytes | None]:
     return [open(p, "rb").read() if os.path.exists(p) else None for p in paths]
 
 
+def start_certify(args: list[str], out, rows: int) -> subprocess.Popen:
+    """``certify args --out out`` in a child process, returned once ``rows`` rows are in ``out`` (the child is
+    asserted to be still running: the tests kill it or race it). The wait is a hang guard for a busy machine,
+    ten times what an idle one needs and more, not a speed test."""
+    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth_fast", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(out) and open(out).read().count("\n") >= rows + 1:  # the header and the rows
+            break
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        raise AssertionError("the run finished before the test could reach it")
+    return proc
+
+
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, killed = tmp_path / "full.tsv", tmp_path / "killed.tsv"
     assert main([*SLOW_TOY, "--out", str(full)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "diffsmooth_fast", *SLOW_TOY, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_certify(SLOW_TOY, killed, rows=2)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if killed.exists() and killed.read_text().count("\n") >= 3:  # header and two rows written
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
