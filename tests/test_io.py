@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import os
 import io
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from diffsmooth_fast.run.tsv import (
     read_numbered,
     write_certify_header,
     write_certify_row,
+    write_line,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cohen-certify"
@@ -354,3 +357,21 @@ def test_read_certify_rejects_directories_and_binary(tmp_path):
 def test_parse_time_rejects_non_finite_and_negative(text):
     with pytest.raises(ValueError, match="finite, non-negative"):
         parse_time(text)
+
+
+@pytest.mark.parametrize("code,raised", [(errno.ENOSPC, True), (errno.EIO, True), (errno.EINVAL, False)])
+def test_a_failed_fsync_is_a_failed_write_but_a_pipe_is_fine(tmp_path, monkeypatch, code, raised):
+    """A full disk on NFS or with delayed allocation shows only at fsync: the row may not be on disk, so it must
+    not pass silently; EINVAL is what a pipe or terminal answers, and a row there is fine."""
+    def fsync(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with open(tmp_path / "x.tsv", "w") as f:
+        if raised:
+            with pytest.raises(OSError) as info:
+                write_line(f, "a")
+            assert info.value.errno == code
+        else:
+            write_line(f, "a")
+    write_line(io.StringIO(), "a")  # an in-memory buffer has no file to sync

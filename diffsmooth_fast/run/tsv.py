@@ -8,6 +8,8 @@ Predict rows are ``idx label predict correct time``. Every row is written with o
 from __future__ import annotations
 
 import datetime
+import errno
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -89,8 +91,14 @@ def write_line(stream: TextIO, line: str, *, sync: bool = True) -> None:
     if sync and hasattr(stream, "fileno"):
         try:
             os.fsync(stream.fileno())
-        except (OSError, ValueError):  # not a real file (a pipe or an in-memory buffer)
+        except io.UnsupportedOperation:  # an in-memory buffer: nothing to sync
             pass
+        except OSError as exc:
+            # A pipe or terminal cannot be synced (EINVAL, ENOTSUP): fine. Anything else (ENOSPC, EDQUOT, EIO: a
+            # network or delayed-allocation filesystem reports a full disk only here) means the row may not be on
+            # disk, so it is raised like a failed write.
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+                raise
 
 
 def read_certify(path: str | os.PathLike[str], *, torn_tail: bool = False) -> list[CertifyRow]:
