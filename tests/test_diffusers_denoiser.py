@@ -150,7 +150,6 @@ def test_certify_demo_with_a_diffusers_denoiser(tmp_path):
     folder = save_pipeline(tmp_path / "ddpm", tiny_unet(), diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
     rows, record = _certify(tmp_path, folder)
     assert rows[0] == ["idx", "label", "predict", "radius", "correct"] and len(rows) == 3
-    text = json.dumps(record)
     assert record["settings"]["denoiser"]["path"].startswith("diffusers:"), record["settings"].get("denoiser")
     assert len(record["settings"]["denoiser"]["sha256"]) == 64  # the folder by content: it may move, not change
     fused_rows, _ = _certify(tmp_path, folder, "--fused")

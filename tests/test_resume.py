@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from diffsmooth_fast.run import tsv as io
 from diffsmooth_fast.run.cli import main

@@ -30,6 +30,8 @@ from .schedule import Schedule
 log = logging.getLogger("diffsmooth_fast")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class StepCoefficients:
     """The scalars of one step t, as float64 values (a kernel rounds them to float32, as OpenAI's code does)."""

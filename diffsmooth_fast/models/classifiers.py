@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .sources.common import LibraryModel, Logits, Resize, check_classes
-from .sources import is_library_spec, load_library_model
 from .loading import load_weights, state_mismatch
 from .resnet import ARCH_DATASET, ARCHITECTURES, build_architecture
+from .sources import is_library_spec, load_library_model
+from .sources.common import LibraryModel, Logits, Resize, check_classes
 from .sources.user_models import FACTORY_SPEC, from_factory, from_torchscript, is_torchscript
 
 log = logging.getLogger("diffsmooth_fast")
@@ -153,7 +153,8 @@ def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, no
         obj = load_weights(name, what="classifier checkpoint", trust_checkpoint=trust_checkpoint)
         net, arch = _from_checkpoint(obj, name)
 
-    if library is not None and normalization == "auto":
+    from_library = library is not None and normalization == "auto"  # the library's own record decides
+    if from_library:
         mode, reason, level = "normalize", f"as {library.source} records it", logging.INFO
     elif normalization == "auto":
         mode, reason, level = choose_normalization(arch, name)
@@ -162,7 +163,7 @@ def load_classifier(path: str | os.PathLike[str], dataset: str | None = None, no
     dataset = dataset if dataset is not None else ARCH_DATASET.get(arch or "")
     if mode == "none":
         layer = InputNormalization("none")
-    elif library is not None and normalization == "auto":
+    elif from_library:
         layer = InputNormalization("normalize", library.mean, library.std)
     elif dataset is None:
         raise ValueError(f"classifier {name}: normalization {mode!r} needs dataset= ({', '.join(DATASET_STATS)})")

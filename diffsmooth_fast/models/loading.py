@@ -52,13 +52,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint", t
             ) from None
         raise ValueError(f"{what} {path}: not a readable torch file ({_NOT_TORCH})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{what} {path}: not a readable torch file ({_first_line(exc)})") from None
+        raise ValueError(f"{what} {path}: not a readable torch file ({first_line(exc)})") from None
 
 
 _NOT_TORCH = "corrupt, truncated, or not written by torch.save"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -83,7 +83,7 @@ def load_weights(path: str | os.PathLike[str], *, what: str = "checkpoint", trus
     try:
         return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own SafetensorError (not exported on every version)
-        raise ValueError(f"{what} {path}: not a readable .safetensors file ({_first_line(exc)})") from None
+        raise ValueError(f"{what} {path}: not a readable .safetensors file ({first_line(exc)})") from None
 
 
 def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str | None:

@@ -145,7 +145,7 @@ def _contradictions(path: str, numbered: list[tuple[int, object]]) -> list[str]:
     negative or not a number; and unlabelled rows among labelled ones."""
     problems, unlabelled = [], []
     for line, row in numbered:
-        expected = int(row.label >= 0 and row.predict == row.label)
+        expected = tsv.is_correct(row.label, row.predict)
         if row.correct != expected:
             problems.append(f"{path}:{line}: correct is {row.correct} but label {row.label} and predict {row.predict} "
                             f"make it {expected}")

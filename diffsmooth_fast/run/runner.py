@@ -292,7 +292,7 @@ def _one(command: str, job: Job, sampling: SamplingConfig, idx: int) -> tsv.Cert
         raise errors.out_of_memory(job.device, job.batch, idx) from None
     elapsed = time.perf_counter() - start
     label = int(label)
-    correct = int(label >= 0 and pred == label)  # never for an image without a label (-1), nor for an abstention
+    correct = tsv.is_correct(label, pred)
     if command == "certify":
         return tsv.CertifyRow(idx, label, pred, radius, correct, elapsed, samples)
     return tsv.PredictRow(idx, label, pred, correct, elapsed)

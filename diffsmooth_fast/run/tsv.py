@@ -24,6 +24,12 @@ HEADERS = (CERTIFY_HEADER, SEQUENTIAL_HEADER, PREDICT_HEADER)
 _TIMEDELTA = re.compile(r"^(?:(?P<days>-?\d+) days?, )?(?P<h>\d+):(?P<m>\d{2}):(?P<s>\d{2}(?:\.\d+)?)$")
 
 
+def is_correct(label: int, predict: int) -> int:
+    """The ``correct`` column: 1 when the image has a label (not -1) and the prediction is it. An abstention (-1)
+    is never correct, not even for an image without a label (-1 too)."""
+    return int(label >= 0 and predict == label)
+
+
 @dataclass(frozen=True)
 class CertifyRow:
     """One certified image: prediction -1 means abstain (radius 0.0, correct 0)."""

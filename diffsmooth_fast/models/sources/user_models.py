@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .common import Logits, refuse_library_factory
-from ..loading import _first_line
+from ..loading import first_line
 
 FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
@@ -36,7 +36,7 @@ def from_torchscript(path: str) -> nn.Module:
     try:
         return Logits(torch.jit.load(path, map_location="cpu"), path)
     except (RuntimeError, OSError, ValueError) as exc:
-        raise ValueError(f"classifier {path}: not a loadable TorchScript file ({_first_line(exc)})") from None
+        raise ValueError(f"classifier {path}: not a loadable TorchScript file ({first_line(exc)})") from None
 
 
 def from_factory(spec: str) -> nn.Module:
@@ -62,7 +62,7 @@ def from_factory(spec: str) -> nn.Module:
     try:
         net = function()
     except Exception as exc:  # noqa: BLE001 - the user's code: report whatever it raised in one line
-        raise ValueError(f"classifier {spec}: {function_name}() raised {type(exc).__name__}: {_first_line(exc)}") \
+        raise ValueError(f"classifier {spec}: {function_name}() raised {type(exc).__name__}: {first_line(exc)}") \
             from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"classifier {spec}: {function_name}() returned {type(net).__name__}, not a torch.nn.Module")
