@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.loading import first_line
 from .parametrization import Parametrization
 from .schedule import TabulatedSchedule
 
@@ -125,7 +126,7 @@ def load_diffusers(folder: str | os.PathLike[str], *, dtype: torch.dtype = torch
         model = diffusers.UNet2DModel.from_pretrained(os.fspath(unet_dir), local_files_only=True, torch_dtype=dtype,
                                                       low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"diffusers model {unet_dir}: cannot load ({first})") from None
     in_ch, out_ch = model.config.in_channels, model.config.out_channels
     if out_ch not in (in_ch, 2 * in_ch) or (out_ch == 2 * in_ch) != (variance in ("learned", "learned_range")):

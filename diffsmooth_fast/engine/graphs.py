@@ -39,6 +39,7 @@ from typing import Protocol
 import torch
 
 from ..checks import check_int
+from ..models.loading import first_line
 
 log = logging.getLogger("diffsmooth_fast")
 
@@ -160,7 +161,7 @@ class GraphedFunction:
         try:
             graph, static_output = self.backend.capture(self.fn, static_input, self.pool)
         except RuntimeError as exc:  # e.g. an operation not permitted while capturing: run this one eagerly
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             log.warning("CUDA graphs: capturing the %s failed (%s); it runs eagerly", self.name, first)
             self.failed = True
             self._graphs.clear()

@@ -23,6 +23,7 @@ from ..engine.counting import CountingPath
 from ..engine.method import PurifiedClassifier
 from ..engine.options import BATCH_AUTO, assemble
 from ..models.classifiers import CIFAR10_CLASSES, load_classifier
+from ..models.loading import first_line
 from ..ops import resolve_backend
 from ..smoothing.certify import Smooth
 from .configs import ModelConfig, RunSettings
@@ -137,7 +138,7 @@ def _probe(base: PurifiedClassifier | CountingPath, images: Sequence, idx: int, 
     try:
         scores = probe_call(base, x, sigma, 2, backend, seed=seed, idx=idx)
     except RuntimeError as exc:  # shape mismatches inside the networks surface as RuntimeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"the models cannot take this dataset's images [{', '.join(map(str, x.shape))}]: {first}") \
             from None
     if scores.ndim != 2 or scores.shape[0] != 2 or scores.shape[1] < 2:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading import load_weights, state_mismatch
+from ..loading import first_line, load_weights, state_mismatch
 
 LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
 # What a module:function into a library builds (an untrained network) and the spec that loads its weights instead.
@@ -60,7 +60,7 @@ def import_library(spec: str, name: str, extra: str) -> ModuleType:
         raise ValueError(f"classifier {spec} needs {name}, which is not installed ({exc}); install it with "
                          f"pip install \"diffsmooth_fast[{extra}]\"") from None
     except Exception as exc:  # noqa: BLE001 - e.g. a torchvision built for another torch fails with RuntimeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"classifier {spec}: {name} is installed but cannot be imported ({first}); it was "
                          f"probably built for another torch than {torch.__version__}") from None
 

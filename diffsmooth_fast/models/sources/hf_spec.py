@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..loading import first_line
 from .common import LibraryModel, Logits, import_library
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -37,7 +38,7 @@ def load_hf(spec: str, rest: str) -> LibraryModel:
     try:
         model = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ValueError(f"classifier {spec}: transformers cannot load an image classifier from {folder} "
                          f"({first})") from None
     config = model.config

@@ -20,8 +20,8 @@ import os
 import torch
 from torch import nn
 
+from ..loading import first_line, load_checkpoint
 from .common import LibraryModel, import_library, load_state, state_dict_from_file
-from ..loading import load_checkpoint
 
 
 def load_torchvision(spec: str, rest: str, *, trust_checkpoint: bool = False) -> LibraryModel:
@@ -67,7 +67,7 @@ def load_torchvision(spec: str, rest: str, *, trust_checkpoint: bool = False) ->
         try:
             net = get_model(name, weights=weights, progress=False)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ValueError(f"classifier {spec}: torchvision cannot load {path} ({first})") from None
     transforms = weights.transforms()
     crop = list(transforms.crop_size)
