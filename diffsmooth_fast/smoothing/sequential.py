@@ -34,31 +34,36 @@ The looks (:func:`schedule`), chosen to waste few samples:
 * A geometric schedule, each look GROWTH times the last from FIRST_CHECKPOINT on, for everything else (votes
   near a grid threshold in the normal regime, and the upper bounds that rule a radius out, which cross at random
   counts). A geometric look within SPECIAL_SPAN of an exact look is dropped: the exact look serves it.
-* Uneven spending, alpha_k proportional to sqrt(n_k). A look's level enters the samples an image needs through
-  log(1/alpha_k) (a unanimous vote needs log(alpha_k)/log(t) samples; a vote in the normal regime about
-  z(alpha_k)^2 p(1-p)/gap^2). Minimising the expected samples sum_k m_k log(1/alpha_k) under sum_k alpha_k = alpha
-  gives alpha_k proportional to m_k, the samples spent by runs that stop at look k: late looks stop the
-  expensive images and deserve more of alpha. The images that stop late are fewer, so sqrt(n_k) is the compromise;
-  it keeps the level of the looks near a few thousand samples, where unanimous votes stop, at that of even
-  spending. (Simulated on binomial votes of the toy problem, n = 100,000, alpha 0.001, 600 runs per sigma:
-  about 12,500 samples per image at sigma 0.25 and 18,500 at 0.5, against 15,200 and 19,700 for doubling looks
-  with even spending, and 13,300 and 18,800 for these looks with even spending.)
+* Half of alpha for the last look (FINAL_SHARE), the other half over the earlier looks in proportion to
+  sqrt(n_k). The last look judges the images that run to n, those whose p_A sits near a grid threshold; at alpha / 2
+  its bound is close to a fixed-n run's (z = 3.29 instead of 3.09 at alpha 0.001), so few such images certify a
+  grid radius less than CERTIFY would (at a tenth of alpha, z = 3.72, about one in a hundred did on the demo, in
+  simulation). The earlier looks' levels enter the samples an image needs through log(1/alpha_k) (a unanimous vote
+  needs log(alpha_k)/log(t) samples; a vote in the normal regime about z(alpha_k)^2 p(1-p)/gap^2). Minimising the
+  expected samples sum_k m_k log(1/alpha_k) under sum_k alpha_k = alpha gives alpha_k proportional to m_k, the
+  samples spent by runs that stop at look k: late looks stop the expensive images and deserve more. The images
+  that stop late are fewer, so sqrt(n_k) is the compromise.
 
-The levels of the exact looks depend on the normaliser Z = sum_k sqrt(n_k), which depends on the looks: Z is
-raised to the value the looks give until the looks give no more (a fixed point), which keeps sum alpha_k <= alpha.
+The levels of the exact looks depend on the normaliser Z = sum_k sqrt(n_k) (over the looks before the last), which
+depends on the looks: Z is raised to the value the looks give until the looks give no more (a fixed point), which
+keeps sum alpha_k <= alpha.
 
 Stopping (at look k, with n_A of the first n_k samples for the selected class):
 
 * the bound certifies the largest grid radius that all n samples could still certify (a unanimous vote of n at
   the last look's level): nothing more to gain;
-* the next grid radius r above the one certified now is out of reach: the upper bound on p_A (same level) is
-  below Phi(r/sigma) (for r = 0 this is p_A < 1/2: abstain), or the votes against the selected class already
-  exceed those that all n samples could hold and still certify r (:func:`affordable_dissent`; dissent never
-  falls, so no later look could certify r: this rule loses nothing, it only stops runs that could not gain);
+* the next grid radius r above the one certified now is out of reach:
+  - the votes against the selected class already exceed those that all n samples could hold and still certify r
+    (:func:`affordable_dissent`; dissent never falls, so no later look could certify r: this rule loses nothing);
+  - or the futility test: an upper bound on p_A, at level FUTILITY spent over the looks like alpha (sqrt(n_k)),
+    is below the share of votes that all n samples need to certify r. An image whose p_A reaches that share is
+    given up this way in at most 5% of runs; one below it would, more often than not, fail to certify r at n
+    too. For r = 0 this is the abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The
+    futility test bears on cost and on how often the run matches CERTIFY, never on validity;
 * n samples are used.
 
-An image whose p_A sits on a grid threshold decides neither way and uses all n samples (less when its dissent
-outgrows the budget), as CERTIFY does.
+An image whose p_A sits on the share n samples need for a grid radius decides neither way and uses all n samples,
+as CERTIFY does. Measured and simulated costs: benchmarks/results/sequential-cpu.json.
 """
 
 from __future__ import annotations
@@ -77,15 +82,19 @@ FIRST_CHECKPOINT = 100  # samples at the first look: fewer can certify nothing o
 GROWTH = 1.25  # each geometric look 1.25 times the last: overshoot 11% on average, ~30 looks to n = 100,000
 NEAR_UNANIMOUS = 3  # exact looks for votes with 0, 1, 2, 3 dissenting samples
 SPECIAL_SPAN = 1.1  # a geometric look within 10% of an exact look is dropped
+FINAL_SHARE = 0.5  # the last look's share of alpha: images that run to n are judged at alpha / 2
+FUTILITY = 0.05  # chance, over all looks, of giving up a radius that n samples' votes would reach on average
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """The looks of a sequential run: cumulative sample counts (increasing, the last is n) and the level of each
-    look's bounds (their sum is at most the run's alpha)."""
+    """The looks of a sequential run: cumulative sample counts (increasing, the last is n), the level of each
+    look's lower bound (their sum is at most the run's alpha) and the level of each look's futility test (the
+    upper bound that gives up a radius n samples would likely not certify; it bears on cost, not validity)."""
 
     checkpoints: tuple[int, ...]
     levels: tuple[float, ...]
+    futility: tuple[float, ...]
 
     @property
     def n(self) -> int:
@@ -96,12 +105,16 @@ class Schedule:
         at the last look's level (below the run's alpha, so a little below a fixed-n run's cap)."""
         return stats.radius(sigma, stats.clopper_pearson_lower(self.n, self.n, self.levels[-1]))
 
-    def level_at(self, used: int) -> float:
-        """The level of the look after ``used`` samples (a checkpoint)."""
+    def index(self, used: int) -> int:
+        """Which look comes after ``used`` samples (a checkpoint)."""
         k = bisect.bisect_left(self.checkpoints, used)
         if k == len(self.checkpoints) or self.checkpoints[k] != used:
             raise ValueError(f"{used} samples is not a checkpoint of this schedule")
-        return self.levels[k]
+        return k
+
+    def level_at(self, used: int) -> float:
+        """The level of the lower bound at the look after ``used`` samples (a checkpoint)."""
+        return self.levels[self.index(used)]
 
 
 def geometric(n: int) -> list[int]:
@@ -135,10 +148,13 @@ def first_certifying(dissent: int, threshold: float, level_of, n: int) -> int | 
 @functools.lru_cache(maxsize=64)
 def _schedule(n: int, alpha: float, sigma: float, radii: tuple[float, ...]) -> Schedule:
     base = geometric(n)
-    z = sum(math.sqrt(c) for c in base)
+    if len(base) == 1:  # n <= FIRST_CHECKPOINT: one look, which is CERTIFY
+        return Schedule((n,), (alpha,), (alpha,))
+    last = alpha * FINAL_SHARE
+    z = sum(math.sqrt(c) for c in base[:-1])
     while True:
-        def level_of(m: int, z: float = z) -> float:
-            return alpha * math.sqrt(m) / z
+        def level_of(m: int, z: float = z) -> float:  # non-decreasing in m, as first_certifying needs
+            return last if m >= n else min(last, alpha * (1 - FINAL_SHARE) * math.sqrt(m) / z)
 
         exact = set()
         for r in radii:
@@ -148,9 +164,11 @@ def _schedule(n: int, alpha: float, sigma: float, radii: tuple[float, ...]) -> S
                     exact.add(m)
         kept = [c for c in base if c == n or not any(c / SPECIAL_SPAN <= m <= c * SPECIAL_SPAN for m in exact)]
         points = sorted(set(kept) | exact)
-        needed = sum(math.sqrt(c) for c in points)
-        if needed <= z:  # sum of levels = alpha * needed / z <= alpha
-            return Schedule(tuple(points), tuple(level_of(c) for c in points))
+        needed = sum(math.sqrt(c) for c in points[:-1])
+        if needed <= z:  # the looks before the last spend alpha * (1 - FINAL_SHARE) * needed / z at most
+            levels = tuple(level_of(c) for c in points)
+            futility = tuple(max(level, FUTILITY * math.sqrt(c) / z) for c, level in zip(points, levels))
+            return Schedule(tuple(points), levels, futility)
         z = needed  # more looks than z paid for: raise z (lowers every level, moves exact looks later) and redo
 
 
@@ -172,8 +190,8 @@ class Look:
 def look(n_a: int, used: int, plan: Schedule, sigma: float, radii: Sequence[float]) -> Look:
     """The decision after ``used`` samples (a checkpoint), ``n_a`` of them for the selected class (see the module
     docstring)."""
-    level = plan.level_at(used)
-    lower = stats.clopper_pearson_lower(n_a, used, level)
+    k = plan.index(used)
+    lower = stats.clopper_pearson_lower(n_a, used, plan.levels[k])
     certified = lower >= 0.5
     radius = stats.radius(sigma, lower) if certified else 0.0
     if used >= plan.n:
@@ -185,10 +203,11 @@ def look(n_a: int, used: int, plan: Schedule, sigma: float, radii: Sequence[floa
         return Look(True, certified, radius)
     above = [r for r in grid if not reached or r > reached[-1]]
     if above:
-        threshold = float(norm.cdf(above[0] / sigma))
-        if stats.clopper_pearson_upper(n_a, used, level) < threshold:  # p_A is below the next radius's threshold
+        afford = affordable_dissent(plan.n, max(plan.levels), float(norm.cdf(above[0] / sigma)))
+        if used - n_a > afford:  # no later look can certify the next radius
             return Look(True, certified, radius)
-        if used - n_a > affordable_dissent(plan.n, max(plan.levels), threshold):  # no later look can certify it
+        needed = (plan.n - afford) / plan.n  # the share of votes all n samples need to certify it
+        if stats.clopper_pearson_upper(n_a, used, plan.futility[k]) < needed:  # p_A is below that share
             return Look(True, certified, radius)
     return Look(False, certified, radius)
 
