@@ -191,6 +191,16 @@ PYTEST=(python -m pytest -p no:cacheprovider -q -rs)
 OPS=(python -m diffsmooth_fast bench ops --device "$DEV")
 [ "$DEV" = cpu ] && OPS+=(--batch 16)  # the rehearsal: the command, not the numbers
 
+# seq_demo SIGMA IMAGES LIMIT: benchmarks/sequential_efficiency.py on every 3rd digit, n = 100,000 (CPU rehearsal:
+# 2 images, n = 2,000)
+seq_demo() {
+  local sigma=$1 images=$2 limit=$3 n=100000
+  [ "$DEV" = cpu ] && { images=2; n=2000; }
+  step "seq-demo-$sigma" "$limit" python benchmarks/sequential_efficiency.py --out "$OUT/seq-demo-$sigma" \
+    --images "$images" --json "$OUT/seq-demo-$sigma.json" -- --dataset demo --skip 3 --method diffsmooth \
+    --sigma "$sigma" --n0 100 --n "$n" --batch 10000 --device "$DEV"
+}
+
 if [ "$PROFILE" = short ]; then
   # 2. ImageNet while the extension builds: GPU-bound (1.7 TFLOP per sample), so the nice'd compile next to it
   #    does not move it; the Triton kernels (the extension is not there yet). bf16 plain, graphs, everything on;
@@ -210,6 +220,8 @@ if [ "$PROFILE" = short ]; then
   step bench-ops 45 "${OPS[@]}" --rounds 5 --json "$OUT/bench-ops.json"
   # 6. the shipped trained models on the digits (tiny images: the launch-bound extreme)
   e2e e2e-demo 45 --preset demo --images 2 --dtype float32 bfloat16
+  # 7. if time is left: sequential against fixed-n certification of the demo's DiffSmooth (issue 14's measurement)
+  seq_demo 0.25 12 90
 else
   wait_build
   ext_check
@@ -225,6 +237,8 @@ else
   step bench-ops 300 "${OPS[@]}" --json "$OUT/bench-ops.json"
   step op-ratios-cpu 300 python benchmarks/op_ratios.py --json "$OUT/op-ratios-cpu.json"
   step pytest-rest 900 "${PYTEST[@]}" -m "not gpu" --junitxml="$OUT/pytest-rest.xml"
+  seq_demo 0.25 120 600
+  seq_demo 0.5 120 600
 fi
 wait_build  # a build nobody waited for (a skipped step) is not left running
 
