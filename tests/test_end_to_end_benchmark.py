@@ -286,12 +286,13 @@ def test_gpu_run_short_profile_fits_one_device_call(tmp_path):
     starts = re.findall(r"start (\S+) \((?:background, )?limit (\d+)s\)", done.stdout)
     names = [name for name, _ in starts]
     assert names == ["build", "e2e-imagenet", "ext-check", "e2e-cifar10", "e2e-cifar10-b1000", "pytest-kernels",
-                     "pytest-engine", "bench-ops", "e2e-demo"]
+                     "pytest-engine", "bench-ops", "e2e-demo", "seq-demo-0.25"]
     assert all(int(limit) <= 450 for _, limit in starts)
     lines = {name: line for line in done.stdout.splitlines() for name in names if f"start {name} " in line}
     assert "DIFFSMOOTH_BACKEND=triton" in lines["e2e-imagenet"] and "--backend triton" in lines["e2e-imagenet"]
     assert "--backend" not in lines["e2e-cifar10"] and "--controls" in lines["e2e-cifar10"]
     assert "--variants graphs fast" in lines["e2e-cifar10"] and "--baseline-batch 1000" in lines["e2e-cifar10-b1000"]
+    assert "--method diffsmooth" in lines["seq-demo-0.25"] and "--n 100000" in lines["seq-demo-0.25"]
 
 
 def test_gpu_run_rehearses_on_a_cpu_and_packs_what_finished(tmp_path):
