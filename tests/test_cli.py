@@ -102,6 +102,19 @@ def test_progress_of_unlabelled_images_shows_no_accuracy():
     text = stream.getvalue()
     assert "no labels: accuracy not defined" in text and "accuracy 0.000" not in text and "ACR" not in text
 
+
+def test_progress_of_a_sequential_run_shows_the_samples_each_image_drew():
+    stream = std_io.StringIO()
+    progress = Progress(2, [], stream=stream, tty=False)
+    progress.update(0, 1, 1, 0.8, 1, 1.0, 8164)
+    progress.update(3, 1, 1, 0.2, 1, 9.0, 100_000)
+    first, second = stream.getvalue().splitlines()
+    assert "(8,164 samples)" in first and "8,164 samples/image" in first
+    assert "(100,000 samples)" in second and "54,082 samples/image" in second
+    stream = std_io.StringIO()
+    Progress(1, [], stream=stream, tty=False).update(0, 1, 1, 0.8, 1, 1.0)  # a fixed-n run: no samples shown
+    assert "samples" not in stream.getvalue()
+
 # --- every method, end to end, on real-format files -------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["diffsmooth", "dds", "cohen", "local-only", "multistep"])

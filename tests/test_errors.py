@@ -246,7 +246,12 @@ def test_radius_cap_of_a_sequential_run_is_at_the_level_of_its_last_look():
     assert 0 < last < 0.001
     assert summary.radius_cap(sequential) == pytest.approx(0.25 * norm.ppf(last ** (1 / 1000)))
     assert summary.radius_cap(sequential) < summary.radius_cap(fixed)
-    assert "last look's share of alpha" in summary.lines(sequential, [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0, 1000)])[2]
+    rows = [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0, 1000), io.CertifyRow(1, 1, 1, 0.5, 1, 1.0, 250)]
+    said = summary.lines(sequential, rows)
+    assert said[2] == ("estimation samples per image: mean 625, median 625 of n = 1,000 (1.6x fewer than a fixed-n "
+                       "run on average); 1 of 2 images used all n")
+    assert "last look's share of alpha" in said[3]
+    assert not any("samples per image" in line for line in summary.lines(fixed, [io.CertifyRow(0, 1, 1, 0.5, 1, 1.0)]))
 
 
 def test_summary_counts_images_and_abstentions_and_says_where_the_rows_are(tmp_path, capsys):

@@ -31,6 +31,7 @@ class Progress:
         self.quiet = quiet
         self.tty = self.stream.isatty() if tty is None and hasattr(self.stream, "isatty") else bool(tty)
         self.start, self.session = time.perf_counter(), 0
+        self.samples: list[int] = []  # a sequential run's samples per image, this session's images
         self.labelled = True  # a run's images are all labelled or all not (data.check_labels): the first one tells
         self.label = f"{label}: " if label else ""
         if self.rows and not quiet:
@@ -39,10 +40,13 @@ class Progress:
         if self.tty and not quiet and len(self.rows) < total:  # an image can take minutes: show the bar at once
             self._bar("ETA --:--:--")
 
-    def update(self, idx: int, label: int, predict: int, radius: float | None, correct: int, seconds: float) -> None:
-        """One image done."""
+    def update(self, idx: int, label: int, predict: int, radius: float | None, correct: int, seconds: float,
+               samples: int | None = None) -> None:
+        """One image done; ``samples``: the estimation samples a sequential run drew for it."""
         self.rows.append((radius, correct))
         self.session += 1
+        if samples is not None:
+            self.samples.append(samples)
         self.labelled = label >= 0
         if self.quiet:
             return
@@ -56,8 +60,9 @@ class Progress:
                 self.stream.write("\n")
         else:
             what = f"radius {radius:.3f} " if radius is not None else ""
+            drawn = f" ({samples:,} samples)" if samples is not None else ""
             self.stream.write(f"{self.label}[{done}/{self.total}] idx {idx}: predict {predict} (label {label}) {what}"
-                              f"in {seconds:.2f}s; {running}; ETA {_duration(eta)}\n")
+                              f"in {seconds:.2f}s{drawn}; {running}; ETA {_duration(eta)}\n")
         self.stream.flush()
 
     def _bar(self, text: str) -> None:
@@ -74,6 +79,10 @@ class Progress:
             self.stream.flush()
 
     def _running(self) -> str:
+        cost = f"; {sum(self.samples) / len(self.samples):,.0f} samples/image" if self.samples else ""
+        return self._accuracy() + cost
+
+    def _accuracy(self) -> str:
         if not self.labelled:  # an unlabelled image is never correct: a running accuracy of 0 would mislead
             return "no labels: accuracy not defined"
         n = len(self.rows)

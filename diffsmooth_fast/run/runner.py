@@ -263,7 +263,8 @@ def _certify_all(plan: _Plan, job: Job, todo: list[int], stream: TextIO | None, 
             if stream is not None:
                 tsv.write_line(stream, _format(row), sync=plan.output.out != "-")
             rows.append(row)
-            progress.update(row.idx, row.label, row.predict, getattr(row, "radius", None), row.correct, row.time)
+            progress.update(row.idx, row.label, row.predict, getattr(row, "radius", None), row.correct, row.time,
+                            getattr(row, "samples", None))
             if ctx is not None:
                 distributed.die_if_told(ctx, len(rows))
     finally:

@@ -48,6 +48,12 @@ def lines(settings: RunSettings, rows: Sequence, exact_radius: Sequence[float] |
         said = ["certified accuracy " + ", ".join(f"{a:.3f} at r={r}" for r, a in zip(SUMMARY_RADII, acc))
                 + f"; ACR {stats.average_certified_radius(radii, correct):.3f}"]
     said.append(counts)
+    drawn = [r.samples for r in rows if getattr(r, "samples", None) is not None]
+    if drawn:  # what a sequential run saved against CERTIFY's n per image
+        n = settings.sampling.n
+        said.append(f"estimation samples per image: mean {np.mean(drawn):,.0f}, median {np.median(drawn):,.0f} of "
+                    f"n = {n:,} ({n / np.mean(drawn):.1f}x fewer than a fixed-n run on average); "
+                    f"{sum(k >= n for k in drawn)} of {len(drawn)} images used all n")
     cap = radius_cap(settings)
     if cap < SUMMARY_RADII[-1]:  # the curve drops to 0 at the cap, whatever the classifier: say why
         n, sampling = settings.sampling.n, settings.sampling

@@ -58,8 +58,9 @@ Stopping (at look k, with n_A of the first n_k samples for the selected class):
   - or the futility test: an upper bound on p_A, at level FUTILITY spent over the looks like alpha (sqrt(n_k)),
     is below the share of votes that all n samples need to certify r. An image whose p_A reaches that share is
     given up this way in at most 5% of runs (max(FUTILITY, alpha / 2): the levels are never below the lower
-    bound's); one below it would, more often than not, fail to certify r at n too. For r = 0 this is the abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The
-    futility test bears on cost and on how often the run matches CERTIFY, never on validity;
+    bound's); one below it would, more often than not, fail to certify r at n too. For r = 0 this is the
+    abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The futility test bears on cost
+    and on how often the run matches CERTIFY, never on validity;
 * n samples are used.
 
 What no schedule can save: an image whose p_A sits on the share n samples need for a grid radius decides neither
