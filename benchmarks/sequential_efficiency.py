@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from diffsmooth_fast.run import analyze, tsv
+from diffsmooth_fast.smoothing import stats
 
 
 def certify(options: list[str], path: str, images: int, sequential: list[str]) -> list[str]:
@@ -44,26 +45,28 @@ def compare(fixed_path: str, sequential_path: str, radii: tuple[float, ...], n: 
     seq = {r.idx: r for r in rows_of(sequential_path)}
     both = sorted(fixed.keys() & seq.keys())
 
-    def reached(row: tsv.CertifyRow) -> list[bool]:  # certified and correct at each grid radius
-        return [bool(row.correct) and row.radius >= r for r in radii]
-
-    lost = [sum(f and not s for f, s in zip(reached(fixed[i]), reached(seq[i]))) for i in both]
-    per_radius = np.array([[reached(fixed[i]), reached(seq[i])] for i in both], dtype=float)  # [img, 2, radii]
+    # certified and correct at each grid radius: [image, (fixed, sequential), radius]
+    reached = np.array([[[bool(row.correct) and row.radius >= r for r in radii] for row in (fixed[i], seq[i])]
+                        for i in both])
+    fewer, more = reached[:, 0] & ~reached[:, 1], reached[:, 1] & ~reached[:, 0]
     samples = np.array([seq[i].samples for i in both], dtype=float)
     time_fixed, time_seq = sum(fixed[i].time for i in both), sum(seq[i].time for i in both)
+
+    def acr(rows: dict[int, tsv.CertifyRow]) -> float:
+        return stats.average_certified_radius([rows[i].radius for i in both], [rows[i].correct for i in both])
+
     return {
         "images": len(both),
         "idx": both,
         "certified_accuracy": {
             "radii": list(radii),
-            "fixed": per_radius[:, 0].mean(axis=0).round(4).tolist(),
-            "sequential": per_radius[:, 1].mean(axis=0).round(4).tolist(),
-            "images_fewer_in_sequential": (per_radius[:, 0] > per_radius[:, 1]).sum(axis=0).astype(int).tolist(),
-            "images_more_in_sequential": (per_radius[:, 1] > per_radius[:, 0]).sum(axis=0).astype(int).tolist(),
+            "fixed": reached[:, 0].mean(axis=0).round(4).tolist(),
+            "sequential": reached[:, 1].mean(axis=0).round(4).tolist(),
+            "images_fewer_in_sequential": fewer.sum(axis=0).tolist(),
+            "images_more_in_sequential": more.sum(axis=0).tolist(),
         },
-        "images_with_a_grid_radius_lost": sum(1 for k in lost if k),
-        "acr": {"fixed": analyze.summarize(fixed_path, radii).acr, "sequential": analyze.summarize(
-            sequential_path, radii).acr},
+        "images_with_a_grid_radius_lost": int(fewer.any(axis=1).sum()),
+        "acr": {"fixed": acr(fixed), "sequential": acr(seq)},
         "samples_per_image": {
             "fixed": n,
             "sequential_mean": float(samples.mean()),
