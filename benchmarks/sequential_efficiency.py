@@ -24,8 +24,10 @@ import sys
 
 import numpy as np
 
-from diffsmooth_fast.run import analyze, tsv
-from diffsmooth_fast.smoothing import stats
+from scipy.stats import norm
+
+from diffsmooth_fast.run import analyze, resume, tsv
+from diffsmooth_fast.smoothing import sequential, stats
 
 
 def certify(options: list[str], path: str, images: int, sequential: list[str]) -> list[str]:
@@ -37,6 +39,37 @@ def certify(options: list[str], path: str, images: int, sequential: list[str]) -
 
 def rows_of(path: str) -> list[tsv.CertifyRow]:
     return analyze.counted_rows(path, warn=lambda text: print(f"warning: {text}", file=sys.stderr))[1]
+
+
+def votes_of(radius: float, n: int, alpha: float, sigma: float) -> int:
+    """The most votes of n whose CERTIFY radius the TSV writes as ``radius`` (3 significant digits): the file
+    keeps radii, not counts. The most, so that the floor below is not overstated."""
+    def written(votes: int) -> float:
+        lower = stats.clopper_pearson_lower(votes, n, alpha)
+        return float(f"{stats.radius(sigma, lower):.3}") if lower >= 0.5 else -1.0  # -1: not certified
+
+    low, high = n // 2, n  # written() is non-decreasing; a certified row has more than n / 2 votes
+    while low < high:
+        mid = (low + high + 1) // 2
+        if written(mid) <= radius:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def floor_of(rows: list[tsv.CertifyRow], radii: tuple[float, ...], n: int, alpha: float, sigma: float) -> list[float]:
+    """Per image, Wald's floor (sequential.certify_floor) on the samples that any sequential test needs to certify
+    the grid radius the fixed run certified, as often as the fixed run does; 0 where it abstained."""
+    floors = []
+    for row in rows:
+        grid = [r for r in radii if row.predict >= 0 and r <= row.radius]
+        if not grid:
+            floors.append(0.0)
+            continue
+        threshold = 0.5 if grid[-1] == 0 else float(norm.cdf(grid[-1] / sigma))
+        floors.append(sequential.certify_floor(votes_of(row.radius, n, alpha, sigma), n, alpha, threshold))
+    return floors
 
 
 def compare(fixed_path: str, sequential_path: str, radii: tuple[float, ...], n: int) -> dict[str, object]:
@@ -51,6 +84,8 @@ def compare(fixed_path: str, sequential_path: str, radii: tuple[float, ...], n: 
     fewer, more = reached[:, 0] & ~reached[:, 1], reached[:, 1] & ~reached[:, 0]
     samples = np.array([seq[i].samples for i in both], dtype=float)
     time_fixed, time_seq = sum(fixed[i].time for i in both), sum(seq[i].time for i in both)
+    settings = resume.read_sidecar(fixed_path).get("settings", {})
+    floor = np.array(floor_of([fixed[i] for i in both], radii, n, settings["alpha"], settings["sigma"]))
 
     def acr(rows: dict[int, tsv.CertifyRow]) -> float:
         return stats.average_certified_radius([rows[i].radius for i in both], [rows[i].correct for i in both])
@@ -75,6 +110,13 @@ def compare(fixed_path: str, sequential_path: str, radii: tuple[float, ...], n: 
             "reduction_median": round(n / float(np.median(samples)), 2),
             "runs_using_all_n": int((samples == n).sum()),
             "sequential_each": samples.astype(int).tolist(),
+        },
+        "floor": {
+            "what": "Wald's bound, per image, on the mean samples any valid sequential test needs to certify the "
+                    "fixed run's grid radius as often as the fixed run (counts recovered from its radii): no "
+                    "procedure that keeps the fixed run's accuracy averages fewer samples than this",
+            "mean": round(float(floor.mean()), 1),
+            "reduction_mean": round(n / float(floor.mean()), 2) if floor.mean() else None,
         },
         "wall_seconds_sum_of_time_column": {"fixed": round(time_fixed, 2), "sequential": round(time_seq, 2),
                                             "ratio": round(time_fixed / time_seq, 2) if time_seq else None},

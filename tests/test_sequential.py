@@ -84,7 +84,13 @@ def test_schedule_depends_on_the_settings_alone_and_spends_at_most_alpha(sigma):
     assert plan.checkpoints[0] >= sequential.FIRST_CHECKPOINT and plan.checkpoints[-1] == 100_000
     assert all(b > a for a, b in zip(plan.checkpoints, plan.checkpoints[1:]))
     assert 0.0009 < sum(plan.levels) <= 0.001 * (1 + 1e-12)
-    assert all(b > a for a, b in zip(plan.levels, plan.levels[1:]))  # later looks get more of alpha
+    top = plan.levels.index(max(plan.levels[:-1]))  # where a unanimous vote first certifies the top radius
+    assert plan.levels[top] > sequential.TOP_SHARE * 0.001
+    others = plan.levels[:top] + plan.levels[top + 1:]
+    assert all(b > a for a, b in zip(others, others[1:]))  # later looks get more of alpha
+    # a grid whose top radius a unanimous vote certifies before the first look: its share goes to the others
+    low = sequential.schedule(100_000, 0.001, sigma, (0.0, 0.25))
+    assert 0.0009 < sum(low.levels) <= 0.001 * (1 + 1e-12) and max(low.levels[:-1]) < sequential.TOP_SHARE * 0.001
     assert 20 <= len(plan.checkpoints) <= 60
     small = sequential.schedule(50, 0.01, sigma, CIFAR)
     assert small.checkpoints == (50,) and small.levels == (0.01,)
@@ -111,7 +117,7 @@ def test_unanimous_votes_stop_at_their_exact_look():
     # a vote unanimous so far stops at the first sample count that certifies 0.75 (the best 100,000 can reach)
     assert sequential.look(first, first, plan, SIGMA, CIFAR).radius >= 0.75
     assert stats.clopper_pearson_lower(first - 1, first - 1, plan.level_at(first)) < norm.cdf(0.75 / SIGMA)
-    assert first < 8500  # 8,164 with half of alpha kept for the last look; the former doubling schedule: 12,800
+    assert first < 6600  # 6,470 with TOP_SHARE of alpha at this look; 8,164 with the sqrt(n_k) share alone
 
 
 def test_looks_stop_as_the_rules_say():
@@ -177,8 +183,8 @@ def test_futility_gives_up_a_radius_that_n_samples_would_not_certify():
 
 def test_futility_rarely_gives_up_a_radius_n_samples_reach_on_average():
     """At p_A equal to the share n samples need, the futility test gives up the radius in at most FUTILITY of the
-    runs (+3 sd): its levels are spent like alpha. (Over these 400 runs: 0.018; with 0.05 at every look, unspent,
-    0.218, which fails.)"""
+    runs (+3 sd): its levels are spent like alpha. (Over these 400 runs: 0.058; with FUTILITY at every look,
+    unspent, 0.59, which fails.)"""
     plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
     threshold = norm.cdf(0.75 / SIGMA)
     afford = sequential.affordable_dissent(100_000, max(plan.levels), threshold)
@@ -194,6 +200,26 @@ def test_futility_rarely_gives_up_a_radius_n_samples_reach_on_average():
                 break
     rate = sequential.FUTILITY
     assert gave_up / runs <= rate + 3 * math.sqrt(rate * (1 - rate) / runs)
+
+
+def test_the_floor_is_walds_bound_and_no_run_beats_it():
+    """certify_floor: ln(1/alpha) / -ln t for a unanimous vote (the docstring's 5,114); n where p_A is at the
+    threshold; falls as p_A moves away. This schedule's runs use more than the floor on average."""
+    t = norm.cdf(0.75 / SIGMA)
+    assert sequential.certify_floor(100_000, 100_000, 0.001, t) == pytest.approx(math.log(1000) / -math.log(t))
+    assert sequential.certify_floor(99_860, 100_000, 0.001, t) == 100_000  # p_A below t: CERTIFY cannot either
+    floors = [sequential.certify_floor(100_000 - d, 100_000, 0.001, t) for d in (0, 20, 60, 100)]
+    assert all(b > a for a, b in zip(floors, floors[1:]))
+    plan = sequential.schedule(100_000, 0.001, SIGMA, CIFAR)
+    rng = np.random.default_rng(1)
+    for dissent in (0, 20, 60):
+        p = 1 - dissent / 100_000
+        used = []
+        for _ in range(30):
+            votes = np.cumsum(rng.binomial(np.diff((0, *plan.checkpoints)), p))
+            used.append(next(c for c, n_a in zip(plan.checkpoints, votes)
+                             if sequential.look(int(n_a), c, plan, SIGMA, CIFAR).stop))
+        assert np.mean(used) > sequential.certify_floor(100_000 - dissent, 100_000, 0.001, t)
 
 
 def test_results_do_not_depend_on_the_batch_size():

@@ -3,12 +3,16 @@ comparison agrees with the files (accuracy per grid radius, samples per image). 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from diffsmooth_fast.run import analyze
+from diffsmooth_fast.smoothing import stats
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
                       "sequential_efficiency.py")
@@ -28,5 +32,20 @@ def test_the_comparison_matches_the_two_files(tmp_path):
     assert r["samples_per_image"]["sequential_mean"] == seq.samples_per_image
     assert r["samples_per_image"]["fixed"] == 3000 and all(0 < k <= 3000 for k in r["samples_per_image"][
         "sequential_each"])
+    # Wald's floor bounds a mean over runs at the estimated p_A: one run of 5 images may beat it, so no ordering
+    assert 0 < r["floor"]["mean"] <= 3000
     assert "--sequential --radii cifar10" in r["commands"]["sequential"]
     assert "--sequential" not in r["commands"]["fixed"]
+
+
+@pytest.mark.parametrize("sigma", [0.25, 0.5])
+def test_votes_are_recovered_from_the_written_radius(sigma):
+    spec = importlib.util.spec_from_file_location("sequential_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n, alpha = 100_000, 0.001
+    for votes in (50_800, 84_000, 99_000, 99_950, 100_000):
+        radius = float(f"{stats.radius(sigma, stats.clopper_pearson_lower(votes, n, alpha)):.3}")
+        found = module.votes_of(radius, n, alpha, sigma)
+        assert found >= votes  # the most votes written as this radius: the floor is not overstated
+        assert float(f"{stats.radius(sigma, stats.clopper_pearson_lower(found, n, alpha)):.3}") == radius

@@ -34,19 +34,24 @@ The looks (:func:`schedule`), chosen to waste few samples:
 * A geometric schedule, each look GROWTH times the last from FIRST_CHECKPOINT on, for everything else (votes
   near a grid threshold in the normal regime, and the upper bounds that rule a radius out, which cross at random
   counts). A geometric look within SPECIAL_SPAN of an exact look is dropped: the exact look serves it.
-* Half of alpha for the last look (FINAL_SHARE), the other half over the earlier looks in proportion to
-  sqrt(n_k). The last look judges the images that run to n, those whose p_A sits near a grid threshold; at alpha / 2
-  its bound is close to a fixed-n run's (z = 3.29 instead of 3.09 at alpha 0.001), so few such images certify a
-  grid radius less than CERTIFY would (at a tenth of alpha, z = 3.72, about one in a hundred did on the demo, in
-  simulation). The earlier looks' levels enter the samples an image needs through log(1/alpha_k) (a unanimous vote
-  needs log(alpha_k)/log(t) samples; a vote in the normal regime about z(alpha_k)^2 p(1-p)/gap^2). Minimising the
-  expected samples sum_k m_k log(1/alpha_k) under sum_k alpha_k = alpha gives alpha_k proportional to m_k, the
-  samples spent by runs that stop at look k: late looks stop the expensive images and deserve more. The images
-  that stop late are fewer, so sqrt(n_k) is the compromise.
+* Alpha in three parts. Half for the last look (FINAL_SHARE): it judges the images that run to n, those whose p_A
+  sits near a grid threshold, and at alpha / 2 its bound is close to a fixed-n run's (z = 3.29 instead of 3.09 at
+  alpha 0.001), so few such images certify a grid radius less than CERTIFY would (at a tenth of alpha, z = 3.72,
+  about one in a hundred did on the demo, in simulation). TOP_SHARE for the top look, the exact look where a
+  unanimous vote first certifies the largest grid radius n samples can reach: it is where most images of a good
+  model stop (92 of the 120 demo images at sigma 0.25 end at 0.75), and its level sets their cost directly, as
+  log(alpha_k) / log(t). The rest over the earlier looks in proportion to sqrt(n_k). The earlier looks' levels
+  enter the samples an image needs through log(1/alpha_k) (a unanimous vote needs log(alpha_k)/log(t) samples; a
+  vote in the normal regime about z(alpha_k)^2 p(1-p)/gap^2). Minimising the expected samples
+  sum_k m_k log(1/alpha_k) under sum_k alpha_k = alpha gives alpha_k proportional to m_k, the samples spent by runs
+  that stop at look k: late looks stop the expensive images and deserve more, and so does a look where many stop.
+  Which looks those are depends on the model, except for the top look, so sqrt(n_k) is the compromise for the
+  rest. Where the top look would fall before the first look (a grid whose top radius is easy), its share goes to
+  the others.
 
 The levels of the exact looks depend on the normaliser Z = sum_k sqrt(n_k) (over the looks before the last), which
 depends on the looks: Z is raised to the value the looks give until the looks give no more (a fixed point), which
-keeps sum alpha_k <= alpha.
+keeps sum alpha_k <= alpha (the last look's share, plus the top look's, plus the rest times at most 1).
 
 Stopping (at look k, with n_A of the first n_k samples for the selected class):
 
@@ -57,17 +62,25 @@ Stopping (at look k, with n_A of the first n_k samples for the selected class):
     (:func:`affordable_dissent`; dissent never falls, so no later look could certify r: this rule loses nothing);
   - or the futility test: an upper bound on p_A, at level FUTILITY spent over the looks like alpha (sqrt(n_k)),
     is below the share of votes that all n samples need to certify r. An image whose p_A reaches that share is
-    given up this way in at most 5% of runs (max(FUTILITY, alpha / 2): the levels are never below the lower
-    bound's); one below it would, more often than not, fail to certify r at n too. For r = 0 this is the
-    abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The futility test bears on cost
-    and on how often the run matches CERTIFY, never on validity;
+    given up this way in at most 20% of runs (max(FUTILITY, alpha / 2): the levels are never below the lower
+    bound's); one below it would, more often than not, fail to certify r at n too. 20% and not less because at
+    p_A equal to that share CERTIFY itself certifies r in only about half of its runs, and the runs the test
+    gives up are mostly among the other half (the sequential run's samples are the first of CERTIFY's): in
+    simulation on the demo's 120 images, raising FUTILITY from 0.05 to 0.2 cut the mean samples by 4% at
+    sigma 0.25 and 9% at sigma 0.5 and changed the grid radii lost against CERTIFY from 0.50 to 0.53 images per
+    run. For r = 0 this is the abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The
+    futility test bears on cost and on how often the run matches CERTIFY, never on validity;
 * n samples are used.
 
 What no schedule can save: an image whose p_A sits on the share n samples need for a grid radius decides neither
 way and uses all n samples, as CERTIFY does; and a unanimous vote needs at least ln(1/alpha) / -ln Phi(r/sigma)
 samples to certify r under any valid test, sequential or not (n unanimous votes have probability Phi(r/sigma)^n at
 p_A = Phi(r/sigma), and a level-alpha test may reject p_A <= Phi(r/sigma) on them only if that is <= alpha): at
-alpha 0.001, 5,114 for 0.75 at sigma 0.25 (this schedule: 8,164) and 29,691 for 1.75 at sigma 0.5 (44,274).
+alpha 0.001, 5,114 for 0.75 at sigma 0.25 (this schedule: 6,470) and 29,691 for 1.75 at sigma 0.5 (37,295). More
+generally, any sequential test that certifies r at level alpha when p_A = p > t = Phi(r/sigma) uses on average at
+least about ln(1/alpha) / KL(p || t) samples (Wald's bound on the expected sample size of a sequential test,
+"Sequential Analysis", 1947); :func:`certify_floor` gives it per image. Measured costs, and that floor for the demo:
+benchmarks/results/sequential-cpu.json.
 Measured costs: benchmarks/results/sequential-cpu.json.
 """
 
@@ -79,7 +92,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy.stats import beta, norm
+from scipy.stats import beta, binom, norm
 
 from . import stats
 
@@ -88,7 +101,8 @@ GROWTH = 1.25  # each geometric look 1.25 times the last: overshoot 11% on avera
 NEAR_UNANIMOUS = 3  # exact looks for votes with 0, 1, 2, 3 dissenting samples
 SPECIAL_SPAN = 1.1  # a geometric look within 10% of an exact look is dropped
 FINAL_SHARE = 0.5  # the last look's share of alpha: images that run to n are judged at alpha / 2
-FUTILITY = 0.05  # chance, over all looks, of giving up a radius that n samples' votes would reach on average
+TOP_SHARE = 0.15  # the top look's share of alpha: a unanimous vote stops there (6,519 samples, not 8,164, at sigma 0.25)
+FUTILITY = 0.2  # chance, over all looks, of giving up a radius that n samples' votes would reach on average
 
 
 @dataclass(frozen=True)
@@ -156,22 +170,34 @@ def _schedule(n: int, alpha: float, sigma: float, radii: tuple[float, ...]) -> S
     if len(base) == 1:  # n <= FIRST_CHECKPOINT: one look, which is CERTIFY
         return Schedule((n,), (alpha,), (alpha,))
     last = alpha * FINAL_SHARE
+    # the top look: where a unanimous vote first certifies the largest grid radius all n samples can reach
+    cap = stats.radius(sigma, stats.clopper_pearson_lower(n, n, last))
+    top = max((r for r in radii if r <= cap), default=None)
+    top_level = alpha * TOP_SHARE
+    if top is None or (first_certifying(0, float(norm.cdf(top / sigma)), lambda m: top_level, n - 1)
+                       or 0) < FIRST_CHECKPOINT:
+        top_level = 0.0  # no such look between the first and the last: its share goes to the others
+    rest = alpha * (1 - FINAL_SHARE) - top_level
     z = sum(math.sqrt(c) for c in base[:-1])
     while True:
         def level_of(m: int, z: float = z) -> float:  # non-decreasing in m, as first_certifying needs
-            return last if m >= n else min(last, alpha * (1 - FINAL_SHARE) * math.sqrt(m) / z)
+            return last if m >= n else min(last, rest * math.sqrt(m) / z)
 
-        exact = set()
+        exact, top_look = set(), None
         for r in radii:
             for dissent in range(NEAR_UNANIMOUS + 1):
-                m = first_certifying(dissent, float(norm.cdf(r / sigma)), level_of, n)
+                if r == top and dissent == 0 and top_level > 0:
+                    m = top_look = max(FIRST_CHECKPOINT, first_certifying(  # not None: top_level alone certifies
+                        0, float(norm.cdf(r / sigma)), lambda m: top_level + level_of(m), n - 1))
+                else:
+                    m = first_certifying(dissent, float(norm.cdf(r / sigma)), level_of, n)
                 if m is not None and FIRST_CHECKPOINT <= m < n:
                     exact.add(m)
         kept = [c for c in base if c == n or not any(c / SPECIAL_SPAN <= m <= c * SPECIAL_SPAN for m in exact)]
         points = sorted(set(kept) | exact)
         needed = sum(math.sqrt(c) for c in points[:-1])
-        if needed <= z:  # the looks before the last spend alpha * (1 - FINAL_SHARE) * needed / z at most
-            levels = tuple(level_of(c) for c in points)
+        if needed <= z:  # the looks before the last spend top_level + rest * needed / z at most
+            levels = tuple(level_of(c) + (top_level if c == top_look else 0.0) for c in points)
             futility = tuple(max(level, FUTILITY * math.sqrt(c) / z) for c, level in zip(points, levels))
             return Schedule(tuple(points), levels, futility)
         z = needed  # more looks than z paid for: raise z (lowers every level, moves exact looks later) and redo
@@ -237,3 +263,24 @@ def affordable_dissent(n: int, level: float, threshold: float) -> int:
         else:
             high = mid - 1
     return low
+
+
+def certify_floor(n_a: int, n: int, alpha: float, threshold: float) -> float:
+    """About the fewest samples, on average, that any sequential level-alpha test needs to certify p_A > threshold
+    as often as CERTIFY does with n samples, for an image whose p_A is n_a / n (the plug-in estimate); at most n.
+
+    Wald's bound: a test that certifies with probability at most alpha when p_A = t and with probability
+    1 - beta when p_A = p spends at least d(1 - beta || alpha) / KL(p || t) samples on average at p, where d is the
+    binary relative entropy (the log-likelihood ratio at the stop has mean E[N] KL(p || t), and no decision can
+    separate the two hypotheses by more than its data does). 1 - beta is CERTIFY's own chance of certifying at p.
+    For a unanimous vote this is about ln(1/alpha) / -ln t, the floor in the module docstring."""
+    p = n_a / n
+    if p <= threshold:
+        return float(n)
+    need = n - affordable_dissent(n, alpha, threshold)  # the votes CERTIFY needs of n
+    power = float(binom.sf(need - 1, n, p)) if need <= n else 0.0
+    relative = (p * math.log(p / threshold) if p > 0 else 0.0) + (
+        (1 - p) * math.log((1 - p) / (1 - threshold)) if p < 1 else 0.0)
+    separation = (power * math.log(power / alpha) if power > 0 else 0.0) + (
+        (1 - power) * math.log((1 - power) / (1 - alpha)) if power < 1 else 0.0)
+    return min(float(n), max(0.0, separation) / relative)
