@@ -39,7 +39,7 @@ The looks (:func:`schedule`), chosen to waste few samples:
   alpha 0.001), so few such images certify a grid radius less than CERTIFY would (at a tenth of alpha, z = 3.72,
   about one in a hundred did on the demo, in simulation). TOP_SHARE for the top look, the exact look where a
   unanimous vote first certifies the largest grid radius n samples can reach: it is where most images of a good
-  model stop (92 of the 120 demo images at sigma 0.25 end at 0.75), and its level sets their cost directly, as
+  model stop (66 of the 120 demo Cohen images at sigma 0.25 did), and its level sets their cost directly, as
   log(alpha_k) / log(t). The rest over the earlier looks in proportion to sqrt(n_k). The earlier looks' levels
   enter the samples an image needs through log(1/alpha_k) (a unanimous vote needs log(alpha_k)/log(t) samples; a
   vote in the normal regime about z(alpha_k)^2 p(1-p)/gap^2). Minimising the expected samples
@@ -67,9 +67,9 @@ Stopping (at look k, with n_A of the first n_k samples for the selected class):
     p_A equal to that share CERTIFY itself certifies r in only about half of its runs, and the runs the test
     gives up are mostly among the other half (the sequential run's samples are the first of CERTIFY's): in
     simulation on the demo's 120 images, raising FUTILITY from 0.05 to 0.2 cut the mean samples by 4% at
-    sigma 0.25 and 9% at sigma 0.5 and changed the grid radii lost against CERTIFY from 0.50 to 0.53 images per
-    run. For r = 0 this is the abstention (p_A < 1/2, or too close to it for n samples to show otherwise). The
-    futility test bears on cost and on how often the run matches CERTIFY, never on validity;
+    sigma 0.25 and 9% at sigma 0.5 and changed the grid radii lost against CERTIFY from 0.50 to 0.53 and 0.56
+    images per run of 120. For r = 0 this is the abstention (p_A < 1/2, or too close to it for n samples to show
+    otherwise). The futility test bears on cost and on how often the run matches CERTIFY, never on validity;
 * n samples are used.
 
 What no schedule can save: an image whose p_A sits on the share n samples need for a grid radius decides neither
@@ -81,7 +81,6 @@ generally, any sequential test that certifies r at level alpha when p_A = p > t 
 least about ln(1/alpha) / KL(p || t) samples (Wald's bound on the expected sample size of a sequential test,
 "Sequential Analysis", 1947); :func:`certify_floor` gives it per image. Measured costs, and that floor for the demo:
 benchmarks/results/sequential-cpu.json.
-Measured costs: benchmarks/results/sequential-cpu.json.
 """
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ GROWTH = 1.25  # each geometric look 1.25 times the last: overshoot 11% on avera
 NEAR_UNANIMOUS = 3  # exact looks for votes with 0, 1, 2, 3 dissenting samples
 SPECIAL_SPAN = 1.1  # a geometric look within 10% of an exact look is dropped
 FINAL_SHARE = 0.5  # the last look's share of alpha: images that run to n are judged at alpha / 2
-TOP_SHARE = 0.15  # the top look's share of alpha: a unanimous vote stops there (6,519 samples, not 8,164, at sigma 0.25)
+TOP_SHARE = 0.15  # the top look's share of alpha: a unanimous vote stops there (6,470 samples, not 8,164, at sigma 0.25)
 FUTILITY = 0.2  # chance, over all looks, of giving up a radius that n samples' votes would reach on average
 
 
