@@ -100,7 +100,7 @@ GROWTH = 1.25  # each geometric look 1.25 times the last: overshoot 11% on avera
 NEAR_UNANIMOUS = 3  # exact looks for votes with 0, 1, 2, 3 dissenting samples
 SPECIAL_SPAN = 1.1  # a geometric look within 10% of an exact look is dropped
 FINAL_SHARE = 0.5  # the last look's share of alpha: images that run to n are judged at alpha / 2
-TOP_SHARE = 0.15  # the top look's share of alpha: a unanimous vote stops there (6,470 samples, not 8,164, at sigma 0.25)
+TOP_SHARE = 0.15  # the top look's share of alpha: unanimous votes stop there (6,470 samples, not 8,164, at sigma 0.25)
 FUTILITY = 0.2  # chance, over all looks, of giving up a radius that n samples' votes would reach on average
 
 
