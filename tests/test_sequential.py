@@ -202,7 +202,7 @@ def test_futility_rarely_gives_up_a_radius_n_samples_reach_on_average():
     assert gave_up / runs <= rate + 3 * math.sqrt(rate * (1 - rate) / runs)
 
 
-def test_the_floor_is_walds_bound_and_no_run_beats_it():
+def test_the_floor_is_walds_bound_and_this_schedule_stays_above_it():
     """certify_floor: ln(1/alpha) / -ln t for a unanimous vote (the docstring's 5,114); n where p_A is at the
     threshold; falls as p_A moves away. This schedule's runs use more than the floor on average."""
     t = norm.cdf(0.75 / SIGMA)

@@ -173,8 +173,8 @@ def _schedule(n: int, alpha: float, sigma: float, radii: tuple[float, ...]) -> S
     cap = stats.radius(sigma, stats.clopper_pearson_lower(n, n, last))
     top = max((r for r in radii if r <= cap), default=None)
     top_level = alpha * TOP_SHARE
-    if top is None or (first_certifying(0, float(norm.cdf(top / sigma)), lambda m: top_level, n - 1)
-                       or 0) < FIRST_CHECKPOINT:
+    alone = None if top is None else first_certifying(0, float(norm.cdf(top / sigma)), lambda m: top_level, n - 1)
+    if alone is None or alone < FIRST_CHECKPOINT:
         top_level = 0.0  # no such look between the first and the last: its share goes to the others
     rest = alpha * (1 - FINAL_SHARE) - top_level
     z = sum(math.sqrt(c) for c in base[:-1])
@@ -278,8 +278,7 @@ def certify_floor(n_a: int, n: int, alpha: float, threshold: float) -> float:
         return float(n)
     need = n - affordable_dissent(n, alpha, threshold)  # the votes CERTIFY needs of n
     power = float(binom.sf(need - 1, n, p)) if need <= n else 0.0
-    relative = (p * math.log(p / threshold) if p > 0 else 0.0) + (
-        (1 - p) * math.log((1 - p) / (1 - threshold)) if p < 1 else 0.0)
+    relative = p * math.log(p / threshold) + ((1 - p) * math.log((1 - p) / (1 - threshold)) if p < 1 else 0.0)
     separation = (power * math.log(power / alpha) if power > 0 else 0.0) + (
         (1 - power) * math.log((1 - power) / (1 - alpha)) if power < 1 else 0.0)
     return min(float(n), max(0.0, separation) / relative)
