@@ -67,7 +67,7 @@ def floor_of(rows: list[tsv.CertifyRow], radii: tuple[float, ...], n: int, alpha
         if not grid:
             floors.append(0.0)
             continue
-        threshold = 0.5 if grid[-1] == 0 else float(norm.cdf(grid[-1] / sigma))
+        threshold = float(norm.cdf(grid[-1] / sigma))  # 1/2 at radius 0: p_A > 1/2 certifies the prediction
         floors.append(sequential.certify_floor(votes_of(row.radius, n, alpha, sigma), n, alpha, threshold))
     return floors
 
